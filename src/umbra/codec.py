@@ -1,0 +1,79 @@
+"""Deterministic CBOR (RFC 8949 §4.2) and the 0x-hex conventions used everywhere.
+
+Everything Umbra hashes or signs is encoded here, so two nodes that hold equal values always
+produce equal bytes. Decoding is strict where it matters for consensus: `decode_canonical`
+refuses any encoding that would not round-trip byte for byte, which rules out malleable
+transactions (two encodings of one tx with different hashes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import cbor2
+
+__all__ = [
+    "CodecError",
+    "decode",
+    "decode_canonical",
+    "encode",
+    "from_hex",
+    "sha256",
+    "to_hex",
+]
+
+# Deep nesting is never legitimate in Umbra payloads and costs recursion on decode.
+MAX_DEPTH = 64
+
+
+class CodecError(ValueError):
+    """Bytes or text that are not a valid encoding of an Umbra value."""
+
+
+def encode(value: Any) -> bytes:
+    """Deterministic CBOR: shortest forms, definite lengths, map keys sorted bytewise."""
+    try:
+        return cbor2.dumps(value, canonical=True)
+    except (cbor2.CBOREncodeError, TypeError, ValueError) as exc:
+        raise CodecError(f"value cannot be encoded as CBOR: {exc}") from None
+
+
+def decode(data: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
+    """Decode one CBOR item that must span exactly `data`."""
+    try:
+        return cbor2.loads(data, max_depth=max_depth, allow_indefinite=False, allow_duplicate_keys=False)
+    except RecursionError:
+        raise CodecError("CBOR nesting too deep") from None
+    except Exception as exc:  # cbor2 raises a zoo of types on hostile input
+        raise CodecError(f"malformed CBOR: {type(exc).__name__}: {exc}"[:300]) from None
+
+
+def decode_canonical(data: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
+    """Decode and insist that `data` is the deterministic encoding of what it decodes to."""
+    value = decode(data, max_depth=max_depth)
+    if encode(value) != bytes(data):
+        raise CodecError("CBOR is not in deterministic encoding (RFC 8949 §4.2)")
+    return value
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def to_hex(data: bytes) -> str:
+    return "0x" + bytes(data).hex()
+
+
+def from_hex(text: str, *, length: int | None = None, what: str = "value") -> bytes:
+    """Parse 0x-hex (the 0x is optional). `length`, if given, is the required byte length."""
+    if not isinstance(text, str):
+        raise CodecError(f"{what} must be a 0x-hex string")
+    body = text[2:] if text[:2] in ("0x", "0X") else text
+    try:
+        raw = bytes.fromhex(body)
+    except ValueError:
+        raise CodecError(f"{what} is not valid hex") from None
+    if length is not None and len(raw) != length:
+        raise CodecError(f"{what} must be {length} bytes, got {len(raw)}")
+    return raw
