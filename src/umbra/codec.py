@@ -19,6 +19,7 @@ __all__ = [
     "decode_canonical",
     "encode",
     "from_hex",
+    "jsonable",
     "sha256",
     "to_hex",
 ]
@@ -77,3 +78,17 @@ def from_hex(text: str, *, length: int | None = None, what: str = "value") -> by
     if length is not None and len(raw) != length:
         raise CodecError(f"{what} must be {length} bytes, got {len(raw)}")
     return raw
+
+
+def jsonable(value: Any) -> Any:
+    """A CBOR value as JSON: bytes (also as map keys) become 0x-hex, tuples become lists."""
+    if isinstance(value, bytes | bytearray):
+        return to_hex(bytes(value))
+    if isinstance(value, dict):
+        return {
+            (to_hex(k) if isinstance(k, bytes) else str(k) if not isinstance(k, str) else k): jsonable(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value

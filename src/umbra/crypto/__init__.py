@@ -200,7 +200,9 @@ class AeadKey:
 
 def derive_key(secret: bytes, label: str, context: bytes = b"", length: int = 32) -> bytes:
     """HKDF-SHA256 with a distinct label per purpose: the key tree's only derivation step."""
-    return _hazmat.hkdf_sha256(secret, salt=b"umbra/kdf/v1", info=label.encode() + b"\x00" + context, length=length)
+    return _hazmat.hkdf_sha256(
+        secret, salt=b"umbra/kdf/v1", info=label.encode() + b"\x00" + context, length=length
+    )
 
 
 def commitment(key: bytes, output: bytes) -> bytes:

@@ -53,14 +53,18 @@ _instances: dict[str, Verifier] = {}
 def get_verifier(tee_type: str) -> Verifier:
     """The shared verifier instance for a type (instances cache verified vendor chains)."""
     if tee_type not in _VERIFIERS:
-        raise AttestationError(Step.UNSUPPORTED, f"unknown TEE type {tee_type!r}; known: {', '.join(TEE_TYPES)}")
+        raise AttestationError(
+            Step.UNSUPPORTED, f"unknown TEE type {tee_type!r}; known: {', '.join(TEE_TYPES)}"
+        )
     verifier = _instances.get(tee_type)
     if verifier is None:
         module_name, _, class_name = _VERIFIERS[tee_type].partition(":")
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            raise AttestationError(Step.UNSUPPORTED, f"verifier for {tee_type} is unavailable: {exc}") from None
+            raise AttestationError(
+                Step.UNSUPPORTED, f"verifier for {tee_type} is unavailable: {exc}"
+            ) from None
         verifier = getattr(module, class_name)()
         _instances[tee_type] = verifier
     return verifier
@@ -89,7 +93,9 @@ def verify_at_time(
         return _verdict(tee_type, verified, ok=False, debug=debug, error=str(exc), step=exc.step.value)
     except Exception as exc:  # backstop: a verifier bug on hostile input is still a clean refusal
         detail = f"{type(exc).__name__}: {exc}"[:300]
-        return _verdict(tee_type, verified, ok=False, debug=None, error=f"parse: {detail}", step=Step.PARSE.value)
+        return _verdict(
+            tee_type, verified, ok=False, debug=None, error=f"parse: {detail}", step=Step.PARSE.value
+        )
     return _verdict(tee_type, verified, ok=True, debug=verified.debug, error=None, step=None)
 
 
@@ -102,7 +108,9 @@ def verify(
     nonce: bytes | None = None,
 ) -> Verdict:
     """`verify_at_time` at the current time."""
-    return verify_at_time(tee_type, evidence, endorsements, datetime.now(UTC), allow_debug=allow_debug, nonce=nonce)
+    return verify_at_time(
+        tee_type, evidence, endorsements, datetime.now(UTC), allow_debug=allow_debug, nonce=nonce
+    )
 
 
 def _verdict(

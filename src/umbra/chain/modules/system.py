@@ -1,0 +1,74 @@
+"""`system`: account nonces, chain parameters and recent block hashes (frame_system's role)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from umbra.chain.module import CallContext, Module, ModuleError, Origin, StorageMap, call
+from umbra.chain.state import State
+
+__all__ = ["DEFAULT_PARAMS", "System"]
+
+# Every tunable is a genesis parameter; the council may change them with `system.set_param`.
+DEFAULT_PARAMS: dict[str, int] = {
+    "block_ms": 100,
+    "idle_ms": 1000,
+    "tx_fee": 1,  # minimum fee per tx, smallest unit
+    "max_tx_bytes": 1 << 20,
+    "max_block_txs": 5000,
+    "max_future_nonces": 256,
+    "proposal_ttl_blocks": 14_400,
+    "block_hash_history": 256,
+}
+
+
+class SystemError_(ModuleError):
+    pass
+
+
+class System(Module):
+    name = "system"
+    events = frozenset({"ExtrinsicSuccess", "ExtrinsicFailed", "ParamSet"})
+    Error = SystemError_
+
+    nonces = StorageMap("nonce")
+    params = StorageMap("param")
+    block_hashes = StorageMap("block_hash")
+
+    def genesis(self, state: State, config: Any, params: dict[str, Any]) -> None:
+        for name, value in sorted({**DEFAULT_PARAMS, **params}.items()):
+            self.params.set(state, name, value)
+
+    # -- interface for the runtime and other modules ---------------------------------------------
+    def nonce(self, state: State, account: bytes) -> int:
+        value: int = self.nonces.get(state, account, 0)
+        return value
+
+    def bump_nonce(self, state: State, account: bytes) -> None:
+        self.nonces.set(state, account, self.nonce(state, account) + 1)
+
+    def param(self, state: State, name: str) -> Any:
+        value = self.params.get(state, name)
+        if value is None:
+            raise KeyError(f"unknown chain parameter {name}")
+        return value
+
+    def record_block_hash(self, state: State, height: int, block_hash: bytes) -> None:
+        self.block_hashes.set(state, height, block_hash)
+        keep = int(self.param(state, "block_hash_history"))
+        if height >= keep:
+            self.block_hashes.delete(state, height - keep)
+
+    def block_hash(self, state: State, height: int) -> bytes | None:
+        value: bytes | None = self.block_hashes.get(state, height)
+        return value
+
+    # -- calls -----------------------------------------------------------------------------------
+    @call(origin=Origin.COUNCIL)
+    def set_param(self, ctx: CallContext, name: str, value: int) -> None:
+        self.ensure(
+            self.params.contains(ctx.state, name), "unknown_param", f"no chain parameter named {name!r}"
+        )
+        self.ensure(value >= 0, "bad_param", "parameters are non-negative integers")
+        self.params.set(ctx.state, name, value)
+        self.emit(ctx, "ParamSet", name=name, value=value)

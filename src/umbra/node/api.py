@@ -1,0 +1,370 @@
+"""The node's HTTP API (FastAPI). JSON, bytes as 0x-hex, signed payloads as their CBOR bytes.
+
+Every refusal is a 4xx `{"error": {"code", "message"}}`; back-pressure is 429 with Retry-After.
+Handlers that verify signatures or touch SQLite run in the thread pool, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from pydantic import BaseModel, Field, StrictStr
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from umbra import codec
+from umbra.chain.runtime import AdmissionError
+from umbra.chain.state import State
+from umbra.node._limits import BodyLimit, RateLimit
+from umbra.node.service import BlockNotice, Node
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("umbra.api")
+
+MAX_BODY = 2 * 1024 * 1024
+MAX_BATCH = 2000
+_STATUS_OF = {"too_large": 413, "mempool_full": 429, "duplicate": 409, "bad_nonce": 409}
+
+
+class TxIn(BaseModel):
+    tx: StrictStr = Field(description="the signed tx as 0x-hex CBOR")
+
+
+class TxsIn(BaseModel):
+    txs: list[StrictStr] = Field(max_length=MAX_BATCH)
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def _admission_error(exc: AdmissionError) -> JSONResponse:
+    status = _STATUS_OF.get(exc.code, 400)
+    headers = {"Retry-After": "1"} if status == 429 else None
+    return _error(status, exc.code, exc.message, headers)
+
+
+class _Waiters:
+    """Futures resolved when a tx is included; fed from the block thread."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.by_tx: dict[bytes, list[asyncio.Future[int]]] = {}
+        self.subscribers: set[asyncio.Queue[BlockNotice]] = set()
+
+    def on_block(self, notice: BlockNotice) -> None:
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._deliver, notice)
+
+    def _deliver(self, notice: BlockNotice) -> None:
+        height = notice.block.header.height
+        for stx in notice.outcome.included:
+            for fut in self.by_tx.pop(stx.hash, []):
+                if not fut.done():
+                    fut.set_result(height)
+        for queue in list(self.subscribers):
+            if queue.full():  # a slow reader loses its stream rather than growing memory
+                self.subscribers.discard(queue)
+            else:
+                queue.put_nowait(notice)
+
+    async def wait(self, tx_hash: bytes, timeout: float) -> int | None:
+        assert self.loop is not None
+        fut: asyncio.Future[int] = self.loop.create_future()
+        self.by_tx.setdefault(tx_hash, []).append(fut)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return None
+        finally:
+            futures = self.by_tx.get(tx_hash)
+            if futures is not None and fut in futures:
+                futures.remove(fut)
+                if not futures:
+                    del self.by_tx[tx_hash]
+
+
+def create_app(node: Node, *, rate: float = 5000.0, burst: float = 10000.0) -> Any:
+    waiters = _Waiters()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        waiters.loop = asyncio.get_running_loop()
+        yield
+
+    app = FastAPI(
+        title="Umbra node",
+        version="1",
+        description="Umbra node API: txs, blocks, state, events.",
+        lifespan=lifespan,
+    )
+    node.add_listener(waiters.on_block)
+
+    registry = CollectorRegistry()
+    m_admitted = Counter("umbra_txs_admitted", "txs admitted to the mempool", registry=registry)
+    m_refused = Counter("umbra_txs_refused", "txs refused at admission", ["code"], registry=registry)
+    m_blocks = Counter("umbra_blocks", "blocks committed", registry=registry)
+    m_included = Counter("umbra_txs_included", "txs included in blocks", registry=registry)
+    m_height = Gauge("umbra_height", "chain height", registry=registry)
+    m_mempool = Gauge("umbra_mempool_txs", "txs waiting in the mempool", registry=registry)
+
+    def count_block(notice: BlockNotice) -> None:
+        m_blocks.inc()
+        m_included.inc(len(notice.outcome.included))
+        m_height.set(notice.block.header.height)
+
+    node.add_listener(count_block)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(
+            400, "malformed", f"request body is not valid: {where}: {first.get('msg', 'invalid')}"[:300]
+        )
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        return _error(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error in API")
+        return _error(500, "internal", f"internal error: {type(exc).__name__}")
+
+    # ---- txs ------------------------------------------------------------------------------------
+    def _parse_hex(text: str, what: str) -> bytes:
+        try:
+            return codec.from_hex(text, what=what)
+        except codec.CodecError as exc:
+            raise AdmissionError("malformed", str(exc)) from None
+
+    @app.post("/tx", summary="Submit one signed tx")
+    async def post_tx(body: TxIn, wait: bool = False, timeout: float = 30.0) -> Any:
+        try:
+            raw = _parse_hex(body.tx, "tx")
+            tx_hash = await run_in_threadpool(node.submit, raw)
+        except AdmissionError as exc:
+            m_refused.labels(exc.code).inc()
+            return _admission_error(exc)
+        m_admitted.inc()
+        out: dict[str, Any] = {"tx_hash": codec.to_hex(tx_hash)}
+        if wait:
+            height = await waiters.wait(tx_hash, min(max(timeout, 0.1), 120.0))
+            record = await run_in_threadpool(node.store.tx, tx_hash)
+            if record is None and height is None:
+                return JSONResponse({**out, "status": "pending"}, status_code=202)
+            if record is not None:
+                out.update(
+                    status="included",
+                    block=record.height,
+                    index=record.index,
+                    ok=record.ok,
+                    error=record.error,
+                    message=record.message,
+                )
+        return out
+
+    @app.post("/txs", summary="Submit a batch of signed txs (each admitted or refused on its own)")
+    async def post_txs(body: TxsIn) -> Any:
+        raws: list[bytes | AdmissionError] = []
+        for text in body.txs:
+            try:
+                raws.append(_parse_hex(text, "tx"))
+            except AdmissionError as exc:
+                raws.append(exc)
+        good = [r for r in raws if isinstance(r, bytes)]
+        results = iter(await run_in_threadpool(node.submit_many, good) if good else [])
+        out: list[dict[str, Any]] = []
+        for item in raws:
+            result = item if isinstance(item, AdmissionError) else next(results)
+            if isinstance(result, AdmissionError):
+                m_refused.labels(result.code).inc()
+                out.append({"error": {"code": result.code, "message": result.message}})
+            else:
+                m_admitted.inc()
+                out.append({"tx_hash": codec.to_hex(result)})
+        return {"results": out}
+
+    @app.get("/tx/{tx_hash}", summary="Status and receipt of a tx")
+    async def get_tx(tx_hash: str) -> Any:
+        try:
+            key = codec.from_hex(tx_hash, length=32, what="tx hash")
+        except codec.CodecError as exc:
+            return _error(400, "malformed", str(exc))
+        record = await run_in_threadpool(node.store.tx, key)
+        if record is None:
+            status = "pending" if key in node.mempool else "unknown"
+            return {"tx_hash": tx_hash, "status": status}
+        events = await run_in_threadpool(node.store.block_events, record.height)
+        return {
+            "tx_hash": codec.to_hex(record.tx_hash),
+            "status": "included",
+            "block": record.height,
+            "index": record.index,
+            "sender": codec.to_hex(record.sender),
+            "ok": record.ok,
+            "error": record.error,
+            "message": record.message,
+            "events": [codec.jsonable(e.to_cbor()) for e in events if e.tx_index == record.index],
+        }
+
+    # ---- chain ----------------------------------------------------------------------------------
+    @app.get("/status", summary="Chain summary")
+    async def status() -> Any:
+        head = node.store.head()
+        return {
+            "chain_id": node.genesis.chain_id,
+            "genesis_hash": codec.to_hex(node.genesis.hash),
+            "height": head.height,
+            "block_hash": codec.to_hex(head.hash),
+            "state_root": codec.to_hex(head.state_root),
+            "time_ms": head.time_ms,
+            "runtime_version": head.runtime_version,
+            "mempool": len(node.mempool),
+            "workers_attested": 0,
+            "role": "sequencer" if node.is_sequencer else "follower",
+            "halted": node.halted,
+        }
+
+    def _block_json(height: int) -> dict[str, Any] | None:
+        block = node.store.block(height)
+        if block is None:
+            return None
+        out = block.header.to_json()
+        out["signature"] = codec.to_hex(block.signature)
+        out["txs"] = [codec.to_hex(codec.sha256(raw)) for raw in block.txs]
+        out["receipts"] = [codec.jsonable(r) for r in node.store.block_receipts(height)]
+        out["events"] = [codec.jsonable(e.to_cbor()) for e in node.store.block_events(height)]
+        return out
+
+    @app.get("/blocks/latest", summary="The head block")
+    async def latest_block() -> Any:
+        return await run_in_threadpool(_block_json, node.store.head().height)
+
+    @app.get("/blocks/{ref}", summary="A block by height or 0x hash")
+    async def get_block(ref: str) -> Any:
+        height: int | None
+        if ref.startswith("0x"):
+            try:
+                height = await run_in_threadpool(
+                    node.store.height_of, codec.from_hex(ref, length=32, what="block hash")
+                )
+            except codec.CodecError as exc:
+                return _error(400, "malformed", str(exc))
+        else:
+            try:
+                height = int(ref)
+            except ValueError:
+                return _error(400, "malformed", "block reference must be a height or a 0x hash")
+        found = None if height is None or height < 0 else await run_in_threadpool(_block_json, height)
+        if found is None:
+            return _error(404, "not_found", f"no block {ref}")
+        return found
+
+    @app.get("/sync/blocks", summary="Encoded blocks for followers")
+    async def sync_blocks(start: int = Query(0, alias="from"), limit: int = 100) -> Any:
+        rows = await run_in_threadpool(node.store.raw_blocks, max(start, 0), min(max(limit, 1), 500))
+        return {"blocks": [codec.to_hex(raw) for _, raw in rows]}
+
+    @app.get("/genesis", summary="The genesis config (CBOR) and its hash")
+    async def genesis() -> Any:
+        return {"hash": codec.to_hex(node.genesis.hash), "genesis": codec.to_hex(node.genesis.encode())}
+
+    # ---- state ----------------------------------------------------------------------------------
+    @app.get("/accounts/{address}", summary="Balances and nonce of an account")
+    async def account(address: str) -> Any:
+        try:
+            who = codec.from_hex(address, length=32, what="address")
+        except codec.CodecError as exc:
+            return _error(400, "malformed", str(exc))
+
+        def read() -> dict[str, Any]:
+            state = State(node.view)
+            acct = node.runtime.balances.account(state, who)
+            return {"address": codec.to_hex(who), **acct, "nonce": node.runtime.system.nonce(state, who)}
+
+        return await run_in_threadpool(read)
+
+    @app.get("/state/{module}/{item}", summary="A module's storage value, or a map entry with ?key=")
+    async def state_item(module: str, item: str, key: str | None = None) -> Any:
+        prefix = f"{module}/{item}".encode()
+        if key is None:
+            raw_key = prefix
+        else:
+            try:
+                part = (
+                    codec.from_hex(key)
+                    if key.startswith("0x")
+                    else int(key).to_bytes(8, "big")
+                    if key.isdigit()
+                    else key.encode()
+                )
+            except (codec.CodecError, OverflowError) as exc:
+                return _error(400, "malformed", f"bad key: {exc}")
+            raw_key = prefix + b"/" + part
+        raw = await run_in_threadpool(node.store.read, raw_key)
+        if raw is None:
+            return _error(404, "not_found", f"no state at {module}/{item}" + (f"/{key}" if key else ""))
+        return {"key": codec.to_hex(raw_key), "value": codec.jsonable(codec.decode(raw))}
+
+    # ---- events (SSE) ---------------------------------------------------------------------------
+    @app.get("/events", summary="Server-sent events: one `block` event per committed block")
+    async def events(request: Request) -> StreamingResponse:
+        queue: asyncio.Queue[BlockNotice] = asyncio.Queue(maxsize=1000)
+        waiters.subscribers.add(queue)
+
+        async def stream() -> AsyncIterator[bytes]:
+            try:
+                yield b": umbra event stream\n\n"
+                while not await request.is_disconnected():
+                    try:
+                        notice = await asyncio.wait_for(queue.get(), 15)
+                    except TimeoutError:
+                        yield b": keep-alive\n\n"
+                        continue
+                    payload = _notice_json(notice)
+                    yield f"event: block\ndata: {json.dumps(payload)}\n\n".encode()
+            finally:
+                waiters.subscribers.discard(queue)
+
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+
+    # ---- ops ------------------------------------------------------------------------------------
+    @app.get("/health", summary="Liveness (exempt from rate limits)")
+    async def health() -> Any:
+        if node.halted:
+            return _error(503, "halted", node.halted)
+        return {"ok": True, "height": node.store.head().height}
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics() -> Response:
+        m_mempool.set(len(node.mempool))
+        m_height.set(node.store.head().height)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    guarded: Any = BodyLimit(app, MAX_BODY)
+    guarded = RateLimit(guarded, rate=rate, burst=burst)
+    guarded.node = node
+    guarded.fastapi = app
+    return guarded
+
+
+def _notice_json(notice: BlockNotice) -> dict[str, Any]:
+    header = notice.block.header.to_json()
+    header["txs"] = [codec.to_hex(stx.hash) for stx in notice.outcome.included]
+    header["events"] = [codec.jsonable(e.to_cbor()) for e in notice.outcome.events]
+    return header

@@ -1,0 +1,256 @@
+"""The node: store + runtime + a block source, and the hooks the HTTP API needs.
+
+Block sources (ARCHITECTURE.md "Block sources"): the embedded local sequencer authors blocks
+from the mempool; a follower pulls blocks from another node and imports them. Either way every
+block passes through `_commit`, which persists it in one transaction and then notifies waiters.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from umbra import codec, crypto
+from umbra.chain.blocks import BlockImportError, build_block, genesis_block, import_block
+from umbra.chain.runtime import AdmissionError, BlockOutcome, Runtime
+from umbra.chain.state import State
+from umbra.chain.store import ReadView, Store, StoreCorrupt, StoreFull
+from umbra.chain.types import Block, GenesisConfig, MalformedError, SignedTx
+from umbra.ordering.mempool import Mempool
+
+__all__ = ["Node", "NodeConfig", "NodeHalted"]
+
+log = logging.getLogger("umbra.node")
+
+# Signature checks release the GIL, so a small pool verifies batches in parallel.
+_VERIFY_CHUNK = 64
+
+
+class NodeHalted(RuntimeError):
+    """The node stopped following because a block did not match its own execution."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    data_dir: Path
+    sequencer_key: crypto.SigningKey | None = None  # local sequencer mode
+    follow_url: str | None = None  # follower mode
+    mempool_capacity: int = 100_000
+    max_pages: int | None = None  # SQLite quota (tests of disk-full behaviour)
+
+
+@dataclass(frozen=True)
+class BlockNotice:
+    """What subscribers (SSE, waiters) learn about each committed block."""
+
+    block: Block
+    outcome: BlockOutcome
+
+
+class Node:
+    def __init__(self, config: NodeConfig, genesis: GenesisConfig | None = None) -> None:
+        self.config = config
+        self.store = Store(config.data_dir / "chain.sqlite", max_pages=config.max_pages)
+        if self.store.is_empty:
+            if genesis is None:
+                raise StoreCorrupt(f"{config.data_dir} holds no chain and no genesis was given")
+            runtime = Runtime(genesis)
+            block0, outcome0 = genesis_block(runtime)
+            self.store.init_genesis(genesis, block0, outcome0)
+        else:
+            self.store.open_check()
+            if genesis is not None and genesis.hash != self.store.genesis().hash:
+                raise StoreCorrupt("the data dir holds a different chain than the genesis given")
+        self.genesis = self.store.genesis()
+        self.runtime = Runtime(self.genesis)
+        self.view = ReadView(self.store)
+        self.mempool = Mempool(self.runtime, self.view, capacity=config.mempool_capacity)
+        self._verify_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._listeners: list[Callable[[BlockNotice], None]] = []
+        self.halted: str | None = None
+        self.started_at = time.time()
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    @property
+    def is_sequencer(self) -> bool:
+        return self.config.sequencer_key is not None
+
+    def start(self) -> None:
+        target = self._produce_loop if self.is_sequencer else self._follow_loop
+        if not self.is_sequencer and self.config.follow_url is None:
+            raise ValueError("a node needs either a sequencer key or a URL to follow")
+        self._thread = threading.Thread(target=target, name="block-source", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.mempool.ready.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._verify_pool.shutdown(wait=False)
+
+    def add_listener(self, listener: Callable[[BlockNotice], None]) -> None:
+        self._listeners.append(listener)
+
+    # ---- submission ----------------------------------------------------------------------------
+    def decode_tx(self, raw: bytes) -> SignedTx:
+        max_bytes = int(self.runtime.system.param(_state(self), "max_tx_bytes"))
+        if len(raw) > max_bytes:
+            raise AdmissionError("too_large", f"tx is {len(raw)} bytes; the limit is {max_bytes}")
+        try:
+            return SignedTx.decode(raw)
+        except MalformedError as exc:
+            raise AdmissionError("malformed", f"tx does not decode: {exc}") from None
+
+    def verify_signatures(self, txs: Sequence[SignedTx]) -> list[bool]:
+        """Verify in parallel chunks (Ed25519 verification releases the GIL)."""
+        if len(txs) <= _VERIFY_CHUNK:
+            return [stx.verify_signature() for stx in txs]
+        chunks = [txs[i : i + _VERIFY_CHUNK] for i in range(0, len(txs), _VERIFY_CHUNK)]
+        results = self._verify_pool.map(lambda chunk: [s.verify_signature() for s in chunk], chunks)
+        return [ok for chunk in results for ok in chunk]
+
+    def submit(self, raw: bytes) -> bytes:
+        """Admit one encoded tx (blocking; call from a worker thread). Returns its hash."""
+        (result,) = self.submit_many([raw])
+        if isinstance(result, AdmissionError):
+            raise result
+        return result
+
+    def submit_many(self, raws: Sequence[bytes]) -> list[bytes | AdmissionError]:
+        """Admit a batch. Each entry is the tx hash, or the AdmissionError that refused it."""
+        if self.halted or not self.is_sequencer:
+            why = (
+                f"node halted: {self.halted}"
+                if self.halted
+                else "this node follows another; submit to the sequencer"
+            )
+            return [AdmissionError("not_accepting", why) for _ in raws]
+        decoded: list[SignedTx | AdmissionError] = []
+        for raw in raws:
+            try:
+                decoded.append(self.decode_tx(raw))
+            except AdmissionError as exc:
+                decoded.append(exc)
+        good = [d for d in decoded if isinstance(d, SignedTx)]
+        verdicts = iter(self.verify_signatures(good))
+        results: list[bytes | AdmissionError] = []
+        for item in decoded:
+            if isinstance(item, AdmissionError):
+                results.append(item)
+                continue
+            try:
+                self.runtime.check_stateless(item, signature_ok=next(verdicts))
+                if self.store.tx(item.hash) is not None:
+                    raise AdmissionError("duplicate", "this tx is already included in a block")
+                self.mempool.admit(item)
+                results.append(item.hash)
+            except AdmissionError as exc:
+                results.append(exc)
+        return results
+
+    # ---- block production (local sequencer) ----------------------------------------------------
+    def _produce_loop(self) -> None:
+        key = self.config.sequencer_key
+        assert key is not None
+        last = time.monotonic()
+        while not self._stop.is_set():
+            state = _state(self)
+            block_ms = int(self.runtime.system.param(state, "block_ms")) / 1000
+            idle_ms = int(self.runtime.system.param(state, "idle_ms")) / 1000
+            now = time.monotonic()
+            since = now - last
+            if since < block_ms:
+                time.sleep(block_ms - since)
+                continue
+            if len(self.mempool) == 0 and since < idle_ms:
+                self.mempool.ready.wait(timeout=idle_ms - since)
+                continue
+            last = time.monotonic()
+            try:
+                self.produce_block(key)
+            except StoreFull as exc:
+                log.error("block not committed: %s", exc)
+                time.sleep(1)
+            except Exception:
+                log.exception("block production failed; retrying")
+                time.sleep(1)
+
+    def produce_block(self, key: crypto.SigningKey) -> Block:
+        limit = int(self.runtime.system.param(_state(self), "max_block_txs"))
+        txs = self.mempool.take(limit)
+        parent = self.store.head()
+        block, outcome = build_block(
+            self.runtime,
+            self.store,
+            self.store.root(),
+            parent,
+            txs,
+            time_ms=int(time.time() * 1000),
+            author=key,
+            signatures=[True] * len(txs),  # verified at admission
+        )
+        self._commit(block, outcome)
+        self.mempool.remove(txs)
+        return block
+
+    # ---- following -----------------------------------------------------------------------------
+    def _follow_loop(self) -> None:
+        url = self.config.follow_url
+        assert url is not None
+        with httpx.Client(base_url=url, timeout=10) as client:
+            while not self._stop.is_set():
+                try:
+                    imported = self.follow_once(client)
+                except BlockImportError as exc:
+                    self.halted = f"block import failed at {exc.commitment}: {exc}"
+                    log.critical("HALTING: %s", self.halted)
+                    return
+                except (httpx.HTTPError, ValueError, codec.CodecError) as exc:
+                    log.warning("cannot pull blocks from %s: %s", url, exc)
+                    imported = 0
+                    self._stop.wait(1.0)
+                if imported == 0:
+                    self._stop.wait(0.05)
+
+    def follow_once(self, client: httpx.Client, batch: int = 200) -> int:
+        head = self.store.head()
+        reply = client.get("/sync/blocks", params={"from": head.height + 1, "limit": batch})
+        reply.raise_for_status()
+        raws = [codec.from_hex(b) for b in reply.json()["blocks"]]
+        for raw in raws:
+            self.import_block(Block.decode(raw))
+        return len(raws)
+
+    def import_block(self, block: Block) -> BlockOutcome:
+        txs = [SignedTx.decode(raw) for raw in block.txs]
+        signatures = self.verify_signatures(txs)
+        outcome = import_block(
+            self.runtime, self.store, self.store.root(), self.store.head(), block, signatures=signatures
+        )
+        self._commit(block, outcome)
+        return outcome
+
+    # ---- commit + notify -----------------------------------------------------------------------
+    def _commit(self, block: Block, outcome: BlockOutcome) -> None:
+        self.store.commit_block(block, outcome)
+        notice = BlockNotice(block, outcome)
+        for listener in list(self._listeners):
+            try:
+                listener(notice)
+            except Exception:
+                log.exception("block listener failed")
+
+
+def _state(node: Node) -> State:
+    """A read-only view of the committed state (for parameter reads outside block execution)."""
+    return State(node.view)

@@ -1,0 +1,110 @@
+"""The bounded mempool: admitted txs waiting for a block, per sender in nonce order.
+
+Admission here is the stateful half (nonce, fee floor, funds including what the sender already
+has pending); the stateless half (decode, size, chain id, call shape, signature) runs before,
+outside the lock, so signature checks can proceed in parallel.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from umbra.chain.runtime import AdmissionError, Runtime
+from umbra.chain.state import State, StateBackend
+from umbra.chain.types import SignedTx
+
+__all__ = ["Mempool"]
+
+
+@dataclass
+class _SenderQueue:
+    txs: dict[int, SignedTx] = field(default_factory=dict)  # nonce -> tx
+    spend: int = 0
+
+
+class Mempool:
+    def __init__(self, runtime: Runtime, backend: StateBackend, *, capacity: int = 100_000) -> None:
+        self._runtime = runtime
+        self._backend = backend
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._senders: OrderedDict[bytes, _SenderQueue] = OrderedDict()
+        self._by_hash: dict[bytes, SignedTx] = {}
+        self.ready = threading.Event()
+
+    def __len__(self) -> int:
+        return len(self._by_hash)
+
+    def __contains__(self, tx_hash: bytes) -> bool:
+        return tx_hash in self._by_hash
+
+    def admit(self, stx: SignedTx) -> None:
+        """Admit a tx whose stateless checks (signature included) already passed."""
+        tx = stx.tx
+        tx_hash = stx.hash
+        with self._lock:
+            if tx_hash in self._by_hash:
+                raise AdmissionError("duplicate", "this tx is already waiting in the mempool")
+            if len(self._by_hash) >= self._capacity:
+                raise AdmissionError("mempool_full", "mempool is full; retry later")
+            state = State(self._backend)
+            base = self._runtime.system.nonce(state, tx.sender)
+            queue = self._senders.get(tx.sender) or _SenderQueue()
+            if tx.nonce < base:
+                raise AdmissionError(
+                    "bad_nonce",
+                    f"nonce {tx.nonce} is already used (next is {base}); this tx or its replay was included",
+                )
+            if tx.nonce in queue.txs:
+                raise AdmissionError("duplicate", f"another tx with nonce {tx.nonce} is already pending")
+            expected = base + len(queue.txs)
+            limit = int(self._runtime.system.param(state, "max_future_nonces"))
+            if tx.nonce != expected and not (expected < tx.nonce < base + limit):
+                raise AdmissionError("bad_nonce", f"nonce {tx.nonce} is out of range: next is {expected}")
+            self._runtime.check_stateful(state, stx, expected_nonce=tx.nonce, pending_spend=queue.spend)
+            queue.txs[tx.nonce] = stx
+            queue.spend += self._runtime.spend_of(stx)
+            self._senders[tx.sender] = queue
+            self._by_hash[tx_hash] = stx
+            self.ready.set()
+
+    def take(self, limit: int) -> list[SignedTx]:
+        """Up to `limit` ready txs: each sender's contiguous run from its next nonce, senders FIFO."""
+        out: list[SignedTx] = []
+        with self._lock:
+            state = State(self._backend)
+            for sender, queue in self._senders.items():
+                nonce = self._runtime.system.nonce(state, sender)
+                while nonce in queue.txs and len(out) < limit:
+                    out.append(queue.txs[nonce])
+                    nonce += 1
+                if len(out) >= limit:
+                    break
+        return out
+
+    def remove(self, txs: list[SignedTx]) -> None:
+        """Forget txs that were included or dropped, and any whose nonce is now stale."""
+        with self._lock:
+            touched: set[bytes] = set()
+            for stx in txs:
+                if self._by_hash.pop(stx.hash, None) is not None:
+                    queue = self._senders.get(stx.tx.sender)
+                    if queue is not None:
+                        queue.txs.pop(stx.tx.nonce, None)
+                touched.add(stx.tx.sender)
+            state = State(self._backend)
+            for sender in touched:
+                queue = self._senders.get(sender)
+                if queue is None:
+                    continue
+                base = self._runtime.system.nonce(state, sender)
+                for nonce in [n for n in queue.txs if n < base]:
+                    self._by_hash.pop(queue.txs.pop(nonce).hash, None)
+                if not queue.txs:
+                    del self._senders[sender]
+                else:
+                    queue.spend = sum(self._runtime.spend_of(s) for s in queue.txs.values())
+            if not self._by_hash:
+                self.ready.clear()
