@@ -209,7 +209,7 @@ class Runtime:
         except DispatchError as exc:
             block.state.rollback()
             del block.events[mark:]
-            self.system.emit(ctx, "ExtrinsicFailed", index=index, error=exc.code, message=exc.message)
+            self.system.emit(ctx, "ExtrinsicFailed", index=index, fee=tx.fee, error=exc.code, message=exc.message)
             return Receipt(index, stx.hash, False, exc.code, exc.message)
         except Exception as exc:  # a module bug must fail the tx, never the node (and is deterministic)
             block.state.rollback()
@@ -220,7 +220,7 @@ class Runtime:
             )
             return Receipt(index, stx.hash, False, "system.internal_error", message)
         block.state.discard()
-        self.system.emit(ctx, "ExtrinsicSuccess", index=index)
+        self.system.emit(ctx, "ExtrinsicSuccess", index=index, fee=tx.fee)
         return Receipt(index, stx.hash, True)
 
     def execute_block(

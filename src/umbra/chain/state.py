@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = ["MemoryBackend", "State", "StateBackend", "StateRoot", "entry_hash"]
 
@@ -113,13 +113,24 @@ class State:
     def __init__(self, backend: StateBackend) -> None:
         self._backend = backend
         self._layers: list[dict[bytes, bytes | None]] = [{}]
+        self._read_cache: dict[bytes, bytes | None] = {}  # backend reads; the backend is fixed for our life
+        # Decoded values derived from state that stay fixed for this view's life (chain parameters:
+        # a change made in a block takes effect from the next block).
+        self.memo: dict[str, Any] = {}
 
     # ---- reads -------------------------------------------------------------------------------
     def get(self, key: bytes) -> bytes | None:
         for layer in reversed(self._layers):
             if key in layer:
                 return layer[key]
-        return self._backend.get(key)
+        return self._committed(key)
+
+    def _committed(self, key: bytes) -> bytes | None:
+        try:
+            return self._read_cache[key]
+        except KeyError:
+            value = self._read_cache[key] = self._backend.get(key)
+            return value
 
     def iter_prefix(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Merged, key-ordered view of backend and journal under `prefix`."""
@@ -166,7 +177,7 @@ class State:
             raise RuntimeError("changes() with open checkpoints")
         net: dict[bytes, bytes | None] = {}
         for key, value in self._layers[0].items():
-            if self._backend.get(key) != value:
+            if self._committed(key) != value:
                 net[key] = value
         return net
 
@@ -174,5 +185,5 @@ class State:
         """`root` advanced by `changes` (which must be this journal's `changes()`)."""
         new = root.copy()
         for key in sorted(changes):
-            new.apply(key, self._backend.get(key), changes[key])
+            new.apply(key, self._committed(key), changes[key])
         return new

@@ -11,6 +11,7 @@ Hashes are SHA-256 of the encoding; signatures are over SHA-256(domain || cbor(b
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from umbra import codec, crypto
@@ -123,6 +124,12 @@ class Tx:
         return SignedTx(self, key.sign(TX_DOMAIN, self.to_cbor()))
 
 
+# A canonical signed tx is the map {"tx": body, "sig": bstr(64)}; "tx" sorts first. So the body's
+# encoding is a slice of the raw bytes, and hashing it needs no re-encoding.
+_SIGNED_HEAD = b"\xa2\x62tx"
+_SIGNED_TAIL = b"\x63sig\x58\x40"
+
+
 @dataclass(frozen=True)
 class SignedTx:
     tx: Tx
@@ -132,11 +139,14 @@ class SignedTx:
     def encode(self) -> bytes:
         return self.raw or codec.encode({"tx": self.tx.to_cbor(), "sig": self.signature})
 
-    @property
+    @cached_property
     def hash(self) -> bytes:
         return codec.sha256(self.encode())
 
     def signing_digest(self) -> bytes:
+        raw = self.encode()
+        if raw.startswith(_SIGNED_HEAD) and raw[-70:-64] == _SIGNED_TAIL:
+            return codec.sha256(TX_DOMAIN.encode() + raw[4:-70])
         return crypto.signing_digest(TX_DOMAIN, self.tx.to_cbor())
 
     def verify_signature(self) -> bool:

@@ -144,6 +144,7 @@ class Node:
         good = [d for d in decoded if isinstance(d, SignedTx)]
         verdicts = iter(self.verify_signatures(good))
         results: list[bytes | AdmissionError] = []
+        view = self.mempool.view()
         for item in decoded:
             if isinstance(item, AdmissionError):
                 results.append(item)
@@ -152,7 +153,7 @@ class Node:
                 self.runtime.check_stateless(item, signature_ok=next(verdicts))
                 if self.store.tx(item.hash) is not None:
                     raise AdmissionError("duplicate", "this tx is already included in a block")
-                self.mempool.admit(item)
+                self.mempool.admit(item, view)
                 results.append(item.hash)
             except AdmissionError as exc:
                 results.append(exc)

@@ -40,7 +40,11 @@ class Mempool:
     def __contains__(self, tx_hash: bytes) -> bool:
         return tx_hash in self._by_hash
 
-    def admit(self, stx: SignedTx) -> None:
+    def view(self) -> State:
+        """A read view of committed state; one view may serve a whole batch of admissions."""
+        return State(self._backend)
+
+    def admit(self, stx: SignedTx, state: State | None = None) -> None:
         """Admit a tx whose stateless checks (signature included) already passed."""
         tx = stx.tx
         tx_hash = stx.hash
@@ -49,7 +53,7 @@ class Mempool:
                 raise AdmissionError("duplicate", "this tx is already waiting in the mempool")
             if len(self._by_hash) >= self._capacity:
                 raise AdmissionError("mempool_full", "mempool is full; retry later")
-            state = State(self._backend)
+            state = state or State(self._backend)
             base = self._runtime.system.nonce(state, tx.sender)
             queue = self._senders.get(tx.sender) or _SenderQueue()
             if tx.nonce < base:

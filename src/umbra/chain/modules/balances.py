@@ -39,7 +39,7 @@ def _amount(args: dict[str, Any]) -> int:
 
 class Balances(Module):
     name = "balances"
-    events = frozenset({"Endowed", "Transfer", "FeePaid", "Reserved", "Unreserved", "Staked", "Unstaked"})
+    events = frozenset({"Transfer"})
     Error = BalancesError
 
     accounts = StorageMap("account")
@@ -118,8 +118,8 @@ class Balances(Module):
         return taken
 
     def charge_fee(self, ctx: CallContext, who: bytes, fee: int) -> None:
+        """Fees go to the treasury; the tx's ExtrinsicSuccess/Failed event records the amount."""
         self.transfer_free(ctx.state, who, TREASURY, fee)
-        self.emit(ctx, "FeePaid", who=who, fee=fee)
 
     # -- calls -----------------------------------------------------------------------------------
     @call(spend=_amount)

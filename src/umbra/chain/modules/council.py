@@ -95,8 +95,10 @@ class Council(Module):
         self._vote(ctx, proposal, who, aye)
 
     def _vote(self, ctx: CallContext, pid: int, who: bytes, aye: bool) -> None:
-        proposal = self.proposals.get(ctx.state, pid)
-        self.ensure(proposal is not None, "unknown_proposal", f"no open proposal {pid}")
+        # Proposal ids are u64 storage keys: any other integer names no proposal.
+        proposal = self.proposals.get(ctx.state, pid) if 0 <= pid < 1 << 64 else None
+        if proposal is None:
+            self.fail("unknown_proposal", f"no open proposal {pid}")
         self.ensure(
             who not in proposal["ayes"] and who not in proposal["nays"],
             "already_voted",

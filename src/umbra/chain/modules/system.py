@@ -48,10 +48,14 @@ class System(Module):
         self.nonces.set(state, account, self.nonce(state, account) + 1)
 
     def param(self, state: State, name: str) -> Any:
-        value = self.params.get(state, name)
-        if value is None:
-            raise KeyError(f"unknown chain parameter {name}")
-        return value
+        """A chain parameter as of the start of the block (changes apply from the next block)."""
+        cache: dict[str, Any] = state.memo.setdefault("system.params", {})
+        if name not in cache:
+            value = self.params.get(state, name)
+            if value is None:
+                raise KeyError(f"unknown chain parameter {name}")
+            cache[name] = value
+        return cache[name]
 
     def record_block_hash(self, state: State, height: int, block_hash: bytes) -> None:
         self.block_hashes.set(state, height, block_hash)

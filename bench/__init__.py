@@ -1,0 +1,1 @@
+"""Umbra benchmarks: `python -m bench [--quick]` (make bench / make bench-quick)."""
