@@ -161,8 +161,12 @@ class StorageMap:
 
     def items(self, state: State) -> Iterator[tuple[bytes, Any]]:
         """Entries in key order (deterministic)."""
+        return self.items_with_prefix(state, b"")
+
+    def items_with_prefix(self, state: State, key_prefix: bytes) -> Iterator[tuple[bytes, Any]]:
+        """Entries whose key starts with `key_prefix`, in key order."""
         cut = len(self.prefix)
-        for key, raw in state.iter_prefix(self.prefix):
+        for key, raw in state.iter_prefix(self.prefix + key_prefix):
             yield key[cut:], codec.decode(raw)
 
 

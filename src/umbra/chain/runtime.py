@@ -17,14 +17,20 @@ from typing import Any
 from umbra import RUNTIME_VERSION
 from umbra.chain.module import BlockContext, CallContext, CallSpec, DispatchError, Module, Origin, check_args
 from umbra.chain.modules.balances import Balances
+from umbra.chain.modules.compute import Compute
+from umbra.chain.modules.contracts import Contracts
 from umbra.chain.modules.council import Council
+from umbra.chain.modules.keys import Keys
+from umbra.chain.modules.registry import Registry
 from umbra.chain.modules.system import System
 from umbra.chain.state import MemoryBackend, State, StateBackend, StateRoot
 from umbra.chain.types import Call, Event, GenesisConfig, SignedTx, merkle_root
 
 __all__ = ["AdmissionError", "BlockOutcome", "Receipt", "Runtime"]
 
-MODULES: tuple[type[Module], ...] = (System, Balances, Council)
+# Order matters twice: genesis runs in this order, and so do the end-of-block hooks (registry
+# timers before the compute scheduler, so a worker that just expired gets no new job).
+MODULES: tuple[type[Module], ...] = (System, Balances, Council, Registry, Keys, Contracts, Compute)
 
 
 class AdmissionError(ValueError):
@@ -115,6 +121,10 @@ class Runtime:
         self.system: System = self.modules["system"]  # type: ignore[assignment]
         self.balances: Balances = self.modules["balances"]  # type: ignore[assignment]
         self.council: Council = self.modules["council"]  # type: ignore[assignment]
+        self.registry: Registry = self.modules["registry"]  # type: ignore[assignment]
+        self.keys: Keys = self.modules["keys"]  # type: ignore[assignment]
+        self.contracts: Contracts = self.modules["contracts"]  # type: ignore[assignment]
+        self.compute: Compute = self.modules["compute"]  # type: ignore[assignment]
 
     # ---- genesis ---------------------------------------------------------------------------------
     def genesis_outcome(self) -> BlockOutcome:
@@ -209,7 +219,9 @@ class Runtime:
         except DispatchError as exc:
             block.state.rollback()
             del block.events[mark:]
-            self.system.emit(ctx, "ExtrinsicFailed", index=index, fee=tx.fee, error=exc.code, message=exc.message)
+            self.system.emit(
+                ctx, "ExtrinsicFailed", index=index, fee=tx.fee, error=exc.code, message=exc.message
+            )
             return Receipt(index, stx.hash, False, exc.code, exc.message)
         except Exception as exc:  # a module bug must fail the tx, never the node (and is deterministic)
             block.state.rollback()

@@ -32,9 +32,11 @@ CREATE TABLE IF NOT EXISTS txs (
     hash BLOB PRIMARY KEY, height INTEGER NOT NULL, idx INTEGER NOT NULL, sender BLOB NOT NULL,
     ok INTEGER NOT NULL, error TEXT, message TEXT) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS txs_by_sender ON txs (sender, height);
+CREATE TABLE IF NOT EXISTS blobs (hash BLOB PRIMARY KEY, data BLOB NOT NULL, stored_ms INTEGER NOT NULL) WITHOUT ROWID;
 """
 
 _SCHEMA_VERSION = 1
+_MAX_HEIGHT = (1 << 63) - 1  # SQLite integers are signed 64-bit: no block lives above this
 
 
 class StoreCorrupt(RuntimeError):
@@ -269,6 +271,8 @@ class Store:
 
     # ---- reads for the API -------------------------------------------------------------------
     def block(self, height: int) -> Block | None:
+        if not 0 <= height <= _MAX_HEIGHT:
+            return None
         row = (
             self._reader()
             .execute("SELECT header, sig, txs FROM blocks WHERE height = ?", (height,))
@@ -280,25 +284,44 @@ class Store:
             Header.from_cbor(codec.decode(bytes(row[0]))), bytes(row[1]), tuple(codec.decode(bytes(row[2])))
         )
 
-    def raw_blocks(self, start: int, limit: int) -> list[tuple[int, bytes]]:
-        """Encoded blocks from `start`, for followers."""
+    def raw_blocks(self, start: int, limit: int) -> list[tuple[int, bytes, bytes]]:
+        """(height, encoded block, encoded event list) from `start`, for followers and cores."""
+        if start > _MAX_HEIGHT:
+            return []
         rows = (
             self._reader()
             .execute(
-                "SELECT height, header, sig, txs FROM blocks WHERE height >= ? ORDER BY height LIMIT ?",
+                "SELECT height, header, sig, txs, events FROM blocks WHERE height >= ? ORDER BY height LIMIT ?",
                 (start, limit),
             )
             .fetchall()
         )
         out = []
-        for height, header, sig, txs in rows:
+        for height, header, sig, txs, events in rows:
             value = {
                 "header": codec.decode(bytes(header)),
                 "sig": bytes(sig),
                 "txs": codec.decode(bytes(txs)),
             }
-            out.append((int(height), codec.encode(value)))
+            out.append((int(height), codec.encode(value), bytes(events)))
         return out
+
+    # ---- content-addressed blobs ---------------------------------------------------------------
+    def put_blob(self, data: bytes, now_ms: int) -> bytes:
+        """Store `data` under its SHA-256 (idempotent). Blobs are ciphertext; the chain holds hashes."""
+        digest = codec.sha256(data)
+        with self._write_lock:
+            try:
+                self._db.execute("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?)", (digest, data, now_ms))
+            except sqlite3.OperationalError as exc:
+                if "full" in str(exc).lower():
+                    raise StoreFull(f"disk full: blob not stored ({exc})") from None
+                raise
+        return digest
+
+    def blob(self, digest: bytes) -> bytes | None:
+        row = self._reader().execute("SELECT data FROM blobs WHERE hash = ?", (digest,)).fetchone()
+        return None if row is None else bytes(row[0])
 
     def height_of(self, block_hash: bytes) -> int | None:
         row = self._reader().execute("SELECT height FROM blocks WHERE hash = ?", (block_hash,)).fetchone()

@@ -52,6 +52,8 @@ DOMAINS = frozenset(
         "umbra/heartbeat/v1",
         "umbra/sim-evidence/v1",
         "umbra/chain-attest/v1",
+        "umbra/master-key/v1",
+        "umbra/handover/v1",
     }
 )
 

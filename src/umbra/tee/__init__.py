@@ -135,7 +135,7 @@ def _verdict(
         error=error,
         step=step,
         platform=verified.platform,
-        claims=_jsonable(dict(verified.claims)),
+        claims={str(k): _jsonable(v) for k, v in verified.claims.items()},
         evidence=verified,
     )
 

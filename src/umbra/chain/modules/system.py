@@ -19,6 +19,8 @@ DEFAULT_PARAMS: dict[str, int] = {
     "max_future_nonces": 256,
     "proposal_ttl_blocks": 14_400,
     "block_hash_history": 256,
+    "job_fee": 10,  # paid to the executing workers per replica
+    "job_deadline_blocks": 100,
 }
 
 
