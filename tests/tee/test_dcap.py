@@ -109,6 +109,14 @@ def test_every_refused_case_has_an_expected_step() -> None:
     assert refused == set(EXPECTED_STEPS)
 
 
+def collateral(case: dict[str, Any]) -> Any:
+    return dcap_qvl.QuoteCollateralV3.from_json(vector(case["collateral"]).decode())
+
+
+def unix(case: dict[str, Any]) -> int:
+    return int(parse_time(case["at"]).timestamp())
+
+
 @pytest.mark.parametrize(
     "case", [case for case in DCAP_CASES if case["expect"]["ok"]], ids=lambda case: case["id"]
 )
