@@ -22,6 +22,7 @@ from umbra.chain.modules.contracts import Contracts
 from umbra.chain.modules.council import Council
 from umbra.chain.modules.keys import Keys
 from umbra.chain.modules.registry import Registry
+from umbra.chain.modules.staking import Staking
 from umbra.chain.modules.system import System
 from umbra.chain.state import MemoryBackend, State, StateBackend, StateRoot
 from umbra.chain.types import Call, Event, GenesisConfig, SignedTx, merkle_root
@@ -30,7 +31,7 @@ __all__ = ["AdmissionError", "BlockOutcome", "Receipt", "Runtime"]
 
 # Order matters twice: genesis runs in this order, and so do the end-of-block hooks (registry
 # timers before the compute scheduler, so a worker that just expired gets no new job).
-MODULES: tuple[type[Module], ...] = (System, Balances, Council, Registry, Keys, Contracts, Compute)
+MODULES: tuple[type[Module], ...] = (System, Balances, Council, Registry, Keys, Contracts, Staking, Compute)
 
 
 class AdmissionError(ValueError):
@@ -124,6 +125,7 @@ class Runtime:
         self.registry: Registry = self.modules["registry"]  # type: ignore[assignment]
         self.keys: Keys = self.modules["keys"]  # type: ignore[assignment]
         self.contracts: Contracts = self.modules["contracts"]  # type: ignore[assignment]
+        self.staking: Staking = self.modules["staking"]  # type: ignore[assignment]
         self.compute: Compute = self.modules["compute"]  # type: ignore[assignment]
 
     # ---- genesis ---------------------------------------------------------------------------------

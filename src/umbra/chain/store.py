@@ -100,7 +100,10 @@ class Store:
 
     # ---- meta --------------------------------------------------------------------------------
     def _meta(self, key: str) -> bytes | None:
-        row = self._db.execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
+        try:
+            row = self._db.execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreCorrupt(f"{self.path} is damaged ({exc}); run `umbra node --check`") from None
         return None if row is None else bytes(row[0])
 
     @property
@@ -180,6 +183,8 @@ class Store:
             problems.append(f"sqlite: {exc}")
         except (ValueError, KeyError, codec.CodecError) as exc:
             problems.append(f"malformed record: {exc}")
+        except StoreCorrupt as exc:  # a missing head, accumulator or genesis
+            problems.append(str(exc))
         return problems
 
     # ---- state backend -----------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 
 from umbra import codec, crypto
 from umbra.chain.module import BlockContext, CallContext, Module, ModuleError, StorageMap, StorageValue, call
+from umbra.chain.modules.balances import TREASURY
 from umbra.chain.state import State
 
 __all__ = ["Compute"]
@@ -59,7 +60,16 @@ def _escrow(args: dict[str, Any]) -> int:
 class Compute(Module):
     name = "compute"
     events = frozenset(
-        {"JobRequested", "JobAssigned", "ResultSubmitted", "JobSettled", "JobFailed", "JobReassigned"}
+        {
+            "JobRequested",
+            "JobAssigned",
+            "ResultSubmitted",
+            "ResultRefused",
+            "JobSettled",
+            "JobFailed",
+            "JobReassigned",
+            "Dispute",
+        }
     )
     Error = ComputeError
 
@@ -69,6 +79,7 @@ class Compute(Module):
     running = StorageMap("running")  # contract -> job id
     load = StorageMap("load")  # worker -> jobs assigned and not finished
     deadlines = StorageMap("deadline")  # height (8 bytes) || job -> True
+    refusals = StorageMap("refusals")  # worker -> results refused since its last slash
 
     # ---- interface -------------------------------------------------------------------------------
     def job(self, state: State, job: bytes) -> dict[str, Any] | None:
@@ -173,7 +184,7 @@ class Compute(Module):
 
     # ---- scheduling ------------------------------------------------------------------------------
     def _candidates(self, block: BlockContext) -> list[dict[str, Any]]:
-        registry, keys = self.rt.registry, self.rt.keys
+        registry, keys, staking = self.rt.registry, self.rt.keys, self.rt.staking
         out = []
         for wid in registry.worker_ids(block.state):
             record = registry.worker(block.state, wid)
@@ -182,8 +193,9 @@ class Compute(Module):
                 and record["role"] == "worker"
                 and registry.is_attested(block.state, wid, block.time_ms)
                 and keys.has_current_key(block.state, wid)
+                and staking.is_staked(block.state, wid)
             ):
-                out.append(record)
+                out.append({**record, "score": staking.score(block.state, wid)})
         return out
 
     def _pick(
@@ -191,9 +203,10 @@ class Compute(Module):
     ) -> list[bytes] | None:
         excluded = set(job.get("excluded", []))
 
-        def rank(record: dict[str, Any]) -> tuple[int, bytes]:
+        def rank(record: dict[str, Any]) -> tuple[int, int, bytes]:
+            # Least load first; among equals the better reputation; then a hash no one can steer.
             tie = codec.sha256(block.parent_hash + job["id"] + record["id"])
-            return (self.load.get(block.state, record["id"], 0), tie)
+            return (self.load.get(block.state, record["id"], 0), -record["score"], tie)
 
         chosen: list[dict[str, Any]] = []
         for record in sorted((c for c in candidates if c["id"] not in excluded), key=rank):
@@ -233,6 +246,7 @@ class Compute(Module):
         job.update(
             status=ASSIGNED,
             workers=workers,
+            prev_state_hash=contract_state["state_hash"],
             results={},
             assigned_height=block.height,
             deadline_height=deadline,
@@ -317,11 +331,10 @@ class Compute(Module):
             "not_operator",
             "sender does not operate this worker",
         )
-        self.ensure(
-            job["status"] == ASSIGNED and worker in job["workers"],
-            "not_assigned",
-            "this job is not assigned to this worker",
-        )
+        late = job["status"] in (SETTLED, FAILED) and worker in job.get("outcome_workers", [])
+        if not late and (job["status"] != ASSIGNED or worker not in job["workers"]):
+            self._refuse(ctx, worker, job_id)
+            return
         self.ensure(
             worker not in job["results"], "duplicate_result", "this worker already submitted a result"
         )
@@ -337,12 +350,11 @@ class Compute(Module):
         )
         contract = self.rt.contracts.record(ctx.state, job["contract"])
         assert contract is not None
-        current = self.rt.contracts.current_state(ctx.state, job["contract"])
         self.ensure(body["contract"] == job["contract"], "bad_result", "result names another contract")
         self.ensure(body["code_hash"] == contract["code_hash"], "bad_code_hash", "result ran other code")
         self.ensure(body["input_hash"] == job["input_hash"], "bad_input_hash", "result is for another input")
         self.ensure(
-            body["prev_state_hash"] == current["state_hash"],
+            body["prev_state_hash"] == job["prev_state_hash"],
             "stale_state",
             "result was computed on stale state",
         )
@@ -378,7 +390,58 @@ class Compute(Module):
             "state_blob": state_blob,
         }
         self.emit(ctx, "ResultSubmitted", job=job_id, worker=worker)
-        self._maybe_settle(ctx, job)
+        if late:
+            self._judge_late(ctx, job, worker)
+        else:
+            self._maybe_settle(ctx, job)
+
+    def _judge_late(self, ctx: CallContext, job: dict[str, Any], worker: bytes) -> None:
+        """A replica that reports after the majority settled: agreeing earns reputation, a
+        dissent is slashed with its signed result as evidence."""
+        body = job["results"][worker]["body"]
+        job["results"][worker]["state_blob"] = None
+        self.jobs.set(ctx.state, job["id"], job)
+        settled = job.get("verdict_key")
+        if job["status"] == SETTLED and settled is not None and self._verdict_key(body) != settled:
+            self._slash_dissent(ctx, job, worker, job["outcome"]["output_commitment"])
+        elif job["status"] == SETTLED:
+            self.rt.staking.record_outcome(ctx, worker, "completed")
+
+    def _slash_dissent(self, ctx: CallContext, job: dict[str, Any], worker: bytes, majority: bytes) -> None:
+        dissent = job["results"][worker]
+        self.rt.staking.record_outcome(ctx, worker, "dissent")
+        evidence = {
+            "job": job["id"],
+            "majority_commitment": majority,
+            "dissent_body": dissent["body"],
+            "dissent_signature": dissent["signature"],
+        }
+        penalty = int(self.rt.system.param(ctx.state, "slash_dissent"))
+        self.rt.staking.slash(
+            ctx, worker, penalty, "dissenting replica", evidence, beneficiary=job["requester"]
+        )
+
+    def _refuse(self, ctx: CallContext, worker: bytes, job_id: bytes) -> None:
+        """A result for a job the worker does not hold is refused (nothing else changes) and
+        counted; repeated refusals are slashed. The tx succeeds so the count persists."""
+        count = self.refusals.get(ctx.state, worker, 0) + 1
+        self.emit(
+            ctx,
+            "ResultRefused",
+            job=job_id,
+            worker=worker,
+            reason="this job is not assigned to this worker",
+            count=count,
+        )
+        if count >= int(self.rt.system.param(ctx.state, "refusals_before_slash")):
+            self.refusals.delete(ctx.state, worker)
+            penalty = int(self.rt.system.param(ctx.state, "slash_refused_results"))
+            self.rt.staking.record_outcome(ctx, worker, "refused")
+            self.rt.staking.slash(
+                ctx, worker, penalty, "repeated results for unassigned jobs", {"job": job_id, "count": count}
+            )
+        else:
+            self.refusals.set(ctx.state, worker, count)
 
     @staticmethod
     def _verdict_key(body: dict[str, Any]) -> bytes:
@@ -396,6 +459,8 @@ class Compute(Module):
         if winner is None:
             if len(job["results"]) == job["replicas"]:
                 self._release(ctx.state, job)
+                commitments = {w: r["body"]["output_commitment"] for w, r in job["results"].items()}
+                self.emit(ctx, "Dispute", job=job["id"], commitments=commitments)
                 self._fail(ctx, job, "replicas disagree: no majority (dispute recorded)")
             else:
                 self.jobs.set(ctx.state, job["id"], job)
@@ -431,16 +496,24 @@ class Compute(Module):
         if failed:
             balances.unreserve(ctx.state, job["requester"], job["value"])
         fee = self._param(ctx.state, "job_fee", 10) * job["replicas"]
-        share = fee // len(agreeing)
+        cut = fee * int(self.rt.system.param(ctx.state, "treasury_cut_ppm")) // 1_000_000
+        share = (fee - cut) // len(agreeing)
         for worker in agreeing:
             operator = self.rt.registry.operator_of(ctx.state, worker)
             assert operator is not None
             balances.pay_from_reserved(ctx.state, job["requester"], operator, share)
-        balances.unreserve(ctx.state, job["requester"], job["max_fee"] - share * len(agreeing))
+            self.rt.staking.record_outcome(ctx, worker, "completed")
+        balances.pay_from_reserved(ctx.state, job["requester"], TREASURY, cut)
+        balances.unreserve(ctx.state, job["requester"], job["max_fee"] - share * len(agreeing) - cut)
+        for worker in job["results"]:
+            if worker not in agreeing:
+                self._slash_dissent(ctx, job, worker, body["output_commitment"])
         self._release(ctx.state, job)
         job.update(
             status=FAILED if failed else SETTLED,
             settled_height=ctx.height,
+            verdict_key=self._verdict_key(body),
+            outcome_workers=job["workers"],
             outcome={
                 "workers": agreeing,
                 "output_commitment": body["output_commitment"],

@@ -21,6 +21,16 @@ DEFAULT_PARAMS: dict[str, int] = {
     "block_hash_history": 256,
     "job_fee": 10,  # paid to the executing workers per replica
     "job_deadline_blocks": 100,
+    "min_stake": 0,  # a worker's pool must hold this much for the worker to get jobs
+    "unbonding_blocks": 100,
+    "withdraw_grace_blocks": 1000,
+    "reward_epoch_blocks": 600,
+    "reward_budget": 0,  # paid from the treasury each reward epoch (never minted)
+    "treasury_cut_ppm": 100_000,  # share of every job fee kept by the treasury
+    "slash_missed_deadline": 10,
+    "slash_dissent": 1000,
+    "slash_refused_results": 100,
+    "refusals_before_slash": 3,
 }
 
 
