@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench import chain, limits
+from bench import attestation, chain, limits
 from bench._harness import Limit, Metric
 
 HERE = Path(__file__).resolve().parent
@@ -68,6 +68,7 @@ def main() -> None:
         found = limits.measure(seconds=0.5 if quick else 2.0, requests=500 if quick else 3000)
         metrics += chain.transfers(work, count=5000 if quick else 30000)
         metrics += chain.restart(work, blocks=10_000 if quick else 100_000)
+        metrics += attestation.verifications(seconds=0.5 if quick else 2.0)
 
     table = Table(title="Umbra benchmarks" + (" (quick)" if quick else ""))
     for column in ("metric", "value", "target", "met"):
