@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench import attestation, chain, limits
+from bench import attestation, chain, evm, limits
 from bench._harness import Limit, Metric
 
 HERE = Path(__file__).resolve().parent
@@ -69,6 +69,7 @@ def main() -> None:
         metrics += chain.transfers(work, count=5000 if quick else 30000)
         metrics += chain.restart(work, blocks=10_000 if quick else 100_000)
         metrics += attestation.verifications(seconds=0.5 if quick else 2.0)
+        metrics += evm.inbox_vs_sequencer(work, count=3000 if quick else 20000)
 
     table = Table(title="Umbra benchmarks" + (" (quick)" if quick else ""))
     for column in ("metric", "value", "target", "met"):

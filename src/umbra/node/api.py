@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,7 +25,9 @@ from starlette.exceptions import HTTPException
 from umbra import codec
 from umbra.chain.runtime import AdmissionError
 from umbra.chain.state import State
+from umbra.chain.store import StoreFull
 from umbra.node._limits import BodyLimit, RateLimit
+from umbra.node.explorer import mount_explorer
 from umbra.node.service import BlockNotice, Node
 
 __all__ = ["create_app"]
@@ -33,6 +36,7 @@ log = logging.getLogger("umbra.api")
 
 MAX_BODY = 2 * 1024 * 1024
 MAX_BATCH = 2000
+_HISTORY_SCAN = 10_000  # blocks one /history/events call reads
 _STATUS_OF = {"too_large": 413, "mempool_full": 429, "duplicate": 409, "bad_nonce": 409}
 
 
@@ -78,11 +82,20 @@ class _Waiters:
             else:
                 queue.put_nowait(notice)
 
-    async def wait(self, tx_hash: bytes, timeout: float) -> int | None:
+    async def wait(self, tx_hash: bytes, timeout: float, included: Callable[[], int | None]) -> int | None:
+        """The height of the block that includes `tx_hash`, or None after `timeout` seconds.
+
+        `included` reads the store. It runs after the future is registered, so a block committed
+        before that (whose notice nobody was listening for) is found there, and any later block
+        resolves the future: no inclusion falls between the two.
+        """
         assert self.loop is not None
         fut: asyncio.Future[int] = self.loop.create_future()
         self.by_tx.setdefault(tx_hash, []).append(fut)
         try:
+            height = await run_in_threadpool(included)
+            if height is not None:
+                return height
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             return None
@@ -151,7 +164,9 @@ def create_app(node: Node, *, rate: float = 5000.0, burst: float = 10000.0) -> A
             raise AdmissionError("malformed", str(exc)) from None
 
     @app.post("/tx", summary="Submit one signed tx")
-    async def post_tx(body: TxIn, wait: bool = False, timeout: float = 30.0) -> Any:
+    async def post_tx(
+        body: TxIn, wait: bool = False, timeout: float = Query(30.0, allow_inf_nan=False)
+    ) -> Any:
         try:
             raw = _parse_hex(body.tx, "tx")
             tx_hash = await run_in_threadpool(node.submit, raw)
@@ -161,7 +176,12 @@ def create_app(node: Node, *, rate: float = 5000.0, burst: float = 10000.0) -> A
         m_admitted.inc()
         out: dict[str, Any] = {"tx_hash": codec.to_hex(tx_hash)}
         if wait:
-            height = await waiters.wait(tx_hash, min(max(timeout, 0.1), 120.0))
+
+            def included_at() -> int | None:
+                record = node.store.tx(tx_hash)
+                return None if record is None else record.height
+
+            height = await waiters.wait(tx_hash, min(max(timeout, 0.1), 120.0), included_at)
             record = await run_in_threadpool(node.store.tx, tx_hash)
             if record is None and height is None:
                 return JSONResponse({**out, "status": "pending"}, status_code=202)
@@ -224,6 +244,9 @@ def create_app(node: Node, *, rate: float = 5000.0, burst: float = 10000.0) -> A
     @app.get("/status", summary="Chain summary")
     async def status() -> Any:
         head = node.store.head()
+        extra: dict[str, Any] = {}
+        if node.evm is not None:
+            extra["evm"] = await run_in_threadpool(node.evm.status)
         return {
             "chain_id": node.genesis.chain_id,
             "genesis_hash": codec.to_hex(node.genesis.hash),
@@ -234,8 +257,27 @@ def create_app(node: Node, *, rate: float = 5000.0, burst: float = 10000.0) -> A
             "runtime_version": head.runtime_version,
             "mempool": len(node.mempool),
             "workers_attested": 0,
-            "role": "sequencer" if node.is_sequencer else "follower",
+            "role": "evm" if node.evm is not None else "sequencer" if node.is_sequencer else "follower",
+            "ordering": node.ordering,
             "halted": node.halted,
+            **extra,
+        }
+
+    def _evm_origins(start: int, end: int) -> dict[int, dict[str, Any]]:
+        """The EVM block each Umbra block in [start, end] was derived from (evm mode only)."""
+        if node.evm is None:
+            return {}
+        found = node.evm.origins.many(start, end)
+        return {
+            h: {
+                "number": o.number,
+                "hash": codec.to_hex(o.hash),
+                # the node's signature (domain umbra/chain-attest/v1) binding this block to that EVM block
+                "attestation": None
+                if o.node is None or o.sig is None
+                else {"node": codec.to_hex(o.node), "sig": codec.to_hex(o.sig)},
+            }
+            for h, o in found.items()
         }
 
     def _block_json(height: int) -> dict[str, Any] | None:
@@ -247,6 +289,8 @@ def create_app(node: Node, *, rate: float = 5000.0, burst: float = 10000.0) -> A
         out["txs"] = [codec.to_hex(codec.sha256(raw)) for raw in block.txs]
         out["receipts"] = [codec.jsonable(r) for r in node.store.block_receipts(height)]
         out["events"] = [codec.jsonable(e.to_cbor()) for e in node.store.block_events(height)]
+        if node.evm is not None:
+            out["evm"] = _evm_origins(height, height).get(height)
         return out
 
     @app.get("/blocks/latest", summary="The head block")
@@ -273,10 +317,51 @@ def create_app(node: Node, *, rate: float = 5000.0, burst: float = 10000.0) -> A
             return _error(404, "not_found", f"no block {ref}")
         return found
 
-    @app.get("/sync/blocks", summary="Encoded blocks for followers")
+    @app.get(
+        "/sync/blocks",
+        summary="Encoded blocks (CBOR) with their event lists, for followers and enclave cores",
+    )
     async def sync_blocks(start: int = Query(0, alias="from"), limit: int = 100) -> Any:
         rows = await run_in_threadpool(node.store.raw_blocks, max(start, 0), min(max(limit, 1), 500))
-        return {"blocks": [codec.to_hex(raw) for _, raw in rows]}
+        out: list[dict[str, Any]] = [
+            {"height": h, "block": codec.to_hex(raw), "events": codec.to_hex(ev)} for h, raw, ev in rows
+        ]
+        if node.evm is not None and rows:
+            # In evm mode blocks are unsigned: a core trusts a block only when two nodes serve the
+            # same bytes, and the EVM block each was derived from lets it name the source too.
+            origins = await run_in_threadpool(_evm_origins, rows[0][0], rows[-1][0])
+            for entry in out:
+                entry["evm"] = origins.get(entry["height"])
+        return {"blocks": out}
+
+    # ---- blobs ----------------------------------------------------------------------------------
+    @app.put(
+        "/blobs/{digest}", summary="Store a content-addressed blob (ciphertext); the path names its SHA-256"
+    )
+    async def put_blob(digest: str, request: Request) -> Any:
+        try:
+            expected = codec.from_hex(digest, length=32, what="blob hash")
+        except codec.CodecError as exc:
+            return _error(400, "malformed", str(exc))
+        data = await request.body()
+        if codec.sha256(data) != expected:
+            return _error(400, "hash_mismatch", "the body's SHA-256 is not the hash in the path")
+        try:
+            await run_in_threadpool(node.store.put_blob, data, int(time.time() * 1000))
+        except StoreFull as exc:
+            return _error(507, "disk_full", str(exc))
+        return {"hash": digest, "size": len(data)}
+
+    @app.get("/blobs/{digest}", summary="Fetch a blob by its SHA-256")
+    async def get_blob(digest: str) -> Response:
+        try:
+            key = codec.from_hex(digest, length=32, what="blob hash")
+        except codec.CodecError as exc:
+            return _error(400, "malformed", str(exc))
+        data = await run_in_threadpool(node.store.blob, key)
+        if data is None:
+            return _error(404, "not_found", f"no blob {digest}")
+        return Response(data, media_type="application/octet-stream")
 
     @app.get("/genesis", summary="The genesis config (CBOR) and its hash")
     async def genesis() -> Any:
@@ -293,12 +378,13 @@ def create_app(node: Node, *, rate: float = 5000.0, burst: float = 10000.0) -> A
         def read() -> dict[str, Any]:
             state = State(node.view)
             acct = node.runtime.balances.account(state, who)
+            acct["staked"] = node.runtime.staking.staked_value(state, who)  # delegations, at today's price
             return {"address": codec.to_hex(who), **acct, "nonce": node.runtime.system.nonce(state, who)}
 
         return await run_in_threadpool(read)
 
     @app.get("/state/{module}/{item}", summary="A module's storage value, or a map entry with ?key=")
-    async def state_item(module: str, item: str, key: str | None = None) -> Any:
+    async def state_item(module: str, item: str, key: str | None = None, encoding: str = "json") -> Any:
         prefix = f"{module}/{item}".encode()
         if key is None:
             raw_key = prefix
@@ -317,7 +403,55 @@ def create_app(node: Node, *, rate: float = 5000.0, burst: float = 10000.0) -> A
         raw = await run_in_threadpool(node.store.read, raw_key)
         if raw is None:
             return _error(404, "not_found", f"no state at {module}/{item}" + (f"/{key}" if key else ""))
+        if encoding == "cbor":  # exact bytes, for clients that re-check signatures over stored values
+            return {"key": codec.to_hex(raw_key), "value": codec.to_hex(raw)}
         return {"key": codec.to_hex(raw_key), "value": codec.jsonable(codec.decode(raw))}
+
+    @app.get(
+        "/history/events",
+        summary="Past events of one module by name (e.g. staking Rewarded,Slashed), oldest first; "
+        "scans at most 10,000 blocks per call and names where to continue (`next`)",
+    )
+    async def history_events(
+        module: str,
+        names: str,
+        start: int = Query(0, alias="from", ge=0),
+        workers: str | None = None,
+        limit: int = Query(1000, ge=1, le=10_000),
+    ) -> Any:
+        wanted = {n for n in names.split(",") if n}
+        try:
+            only = (
+                {codec.from_hex(w, length=32, what="worker") for w in workers.split(",")} if workers else None
+            )
+        except codec.CodecError as exc:
+            return _error(400, "malformed", str(exc))
+
+        def scan() -> dict[str, Any]:
+            head = node.store.head().height
+            end = min(head, start + _HISTORY_SCAN - 1)
+            found: list[dict[str, Any]] = []
+            height = start
+            while height <= end and len(found) < limit:
+                rows = node.store.raw_blocks(height, min(500, end - height + 1))
+                if not rows:
+                    break
+                for h, _block, raw_events in rows:
+                    height = h + 1
+                    if not any(name.encode() in raw_events for name in wanted):
+                        continue  # cheap pre-filter: most blocks carry none of these events
+                    for event in codec.decode(raw_events):
+                        data = event["data"]
+                        if event["module"] != module or event["name"] not in wanted:
+                            continue
+                        if only is not None and data.get("worker") not in only:
+                            continue
+                        found.append({"height": h, **codec.jsonable(event)})
+                    if len(found) >= limit:
+                        break
+            return {"events": found, "next": height if height <= head else None, "head": head}
+
+        return await run_in_threadpool(scan)
 
     # ---- events (SSE) ---------------------------------------------------------------------------
     @app.get("/events", summary="Server-sent events: one `block` event per committed block")
@@ -355,6 +489,8 @@ def create_app(node: Node, *, rate: float = 5000.0, burst: float = 10000.0) -> A
         m_mempool.set(len(node.mempool))
         m_height.set(node.store.head().height)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    mount_explorer(app, node)
 
     guarded: Any = BodyLimit(app, MAX_BODY)
     guarded = RateLimit(guarded, rate=rate, burst=burst)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -14,6 +15,9 @@ from umbra.chain.types import GenesisConfig
 from umbra.client._node import UmbraError
 from umbra.node.api import create_app
 from umbra.node.service import Node, NodeConfig
+from umbra.ordering.evm import EvmSettings, evm_binding, open_inbox
+from umbra.ordering.evm_inbox import Inbox, InboxError
+from umbra.ordering.evm_rpc import EvmError, EvmRpc
 
 __all__ = ["check_store", "run_node"]
 
@@ -46,6 +50,44 @@ def _fetch_genesis(url: str) -> GenesisConfig:
     return genesis
 
 
+def _genesis_from_inbox(evm: EvmSettings) -> GenesisConfig:
+    """A new node joining an existing deployment takes the genesis the inbox holds."""
+    rpc = EvmRpc(evm.url)
+    try:
+        genesis, _ = Inbox(rpc, evm.inbox).fetch_genesis()
+    except (InboxError, EvmError) as exc:
+        raise UmbraError("no_genesis", f"cannot fetch the genesis from the inbox: {exc}") from None
+    finally:
+        rpc.close()
+    return genesis
+
+
+def _check_evm(evm: EvmSettings, genesis: GenesisConfig) -> None:
+    """Fail fast, before serving, on a binding that cannot work: wrong inbox, wrong EVM chain,
+    another chain's genesis. An unreachable EVM node is not fatal: the node serves and retries."""
+    rpc = EvmRpc(evm.url)
+    try:
+        open_inbox(evm, genesis, rpc)
+    except InboxError as exc:
+        raise UmbraError("bad_inbox", str(exc)) from None
+    except EvmError as exc:
+        log.warning("EVM node not reachable yet (%s); deriving once it is", exc)
+    finally:
+        rpc.close()
+
+
+def _node_key(path: Path) -> crypto.SigningKey:
+    """The key an evm-mode node attests derived blocks with: made once, kept in the data dir."""
+    try:
+        if path.exists():
+            return crypto.load_signing_key(path)
+        key = crypto.SigningKey.generate()
+        crypto.save_signing_key(path, key)
+        return key
+    except (crypto.KeyFileError, OSError) as exc:
+        raise UmbraError("bad_key", f"node key {path}: {exc}") from None
+
+
 def run_node(
     *,
     data_dir: Path,
@@ -54,6 +96,7 @@ def run_node(
     genesis_path: Path | None,
     sequencer_key_path: Path | None,
     follow_url: str | None,
+    evm: EvmSettings | None = None,
 ) -> None:
     genesis: GenesisConfig | None = None
     if genesis_path is not None:
@@ -63,6 +106,15 @@ def run_node(
             raise UmbraError("bad_genesis", f"cannot read genesis {genesis_path}: {exc}") from None
     elif follow_url is not None and not (data_dir / "chain.sqlite").exists():
         genesis = _fetch_genesis(follow_url)
+    if evm is not None and genesis is None and not (data_dir / "chain.sqlite").exists():
+        genesis = _genesis_from_inbox(evm)
+    if evm is not None and evm.node_key is None:
+        evm = replace(evm, node_key=_node_key(data_dir / "node.key"))
+    if evm is None and genesis is not None and evm_binding(genesis) is not None:
+        raise UmbraError(
+            "usage",
+            "this chain is ordered by an EVM inbox: run the node with --ordering evm --evm-url URL --inbox ADDR",
+        )
     key = None
     if sequencer_key_path is not None:
         try:
@@ -70,15 +122,23 @@ def run_node(
         except crypto.KeyFileError as exc:
             raise UmbraError("bad_key", str(exc)) from None
     try:
-        node = Node(NodeConfig(data_dir=data_dir, sequencer_key=key, follow_url=follow_url), genesis)
+        node = Node(NodeConfig(data_dir=data_dir, sequencer_key=key, follow_url=follow_url, evm=evm), genesis)
     except StoreCorrupt as exc:
         raise UmbraError("store_corrupt", f"refusing to start: {exc}") from None
+    except InboxError as exc:
+        raise UmbraError("bad_inbox", str(exc)) from None
+    if evm is not None:
+        try:
+            _check_evm(evm, node.genesis)
+        except UmbraError:
+            node.stop()
+            raise
     if key is not None and key.public_key != node.genesis.sequencer:
         raise UmbraError("bad_key", "the sequencer key is not the one named in genesis")
     node.start()
     log.info(
         "node %s at http://%s:%d, height %d",
-        "sequencer" if key else "follower",
+        "deriving from the EVM inbox" if evm else "sequencer" if key else "follower",
         host,
         port,
         node.store.head().height,

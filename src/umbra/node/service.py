@@ -1,8 +1,9 @@
 """The node: store + runtime + a block source, and the hooks the HTTP API needs.
 
 Block sources (ARCHITECTURE.md "Block sources"): the embedded local sequencer authors blocks
-from the mempool; a follower pulls blocks from another node and imports them. Either way every
-block passes through `_commit`, which persists it in one transaction and then notifies waiters.
+from the mempool; a follower pulls blocks from another node and imports them; in evm mode the
+node derives blocks from an inbox contract (umbra.ordering.evm) and relays its mempool there.
+Every block passes through `_commit`, which persists it in one transaction and notifies waiters.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from umbra.chain.runtime import AdmissionError, BlockOutcome, Runtime
 from umbra.chain.state import State
 from umbra.chain.store import ReadView, Store, StoreCorrupt, StoreFull
 from umbra.chain.types import Block, GenesisConfig, MalformedError, SignedTx
+from umbra.ordering.evm import EvmSettings, EvmSource
 from umbra.ordering.mempool import Mempool
 
 __all__ = ["Node", "NodeConfig", "NodeHalted"]
@@ -42,6 +44,7 @@ class NodeConfig:
     data_dir: Path
     sequencer_key: crypto.SigningKey | None = None  # local sequencer mode
     follow_url: str | None = None  # follower mode
+    evm: EvmSettings | None = None  # evm mode: derive from an inbox contract
     mempool_capacity: int = 100_000
     max_pages: int | None = None  # SQLite quota (tests of disk-full behaviour)
 
@@ -78,24 +81,59 @@ class Node:
         self._listeners: list[Callable[[BlockNotice], None]] = []
         self.halted: str | None = None
         self.started_at = time.time()
+        self.evm: EvmSource | None = None
+        if config.evm is not None:
+            self.evm = EvmSource(
+                config.evm,
+                runtime=self.runtime,
+                store=self.store,
+                mempool=self.mempool,
+                data_dir=config.data_dir,
+                commit=self._commit,
+                verify=self.verify_signatures,
+                halt=self._halt,
+            )
+        self._relayer_thread: threading.Thread | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------------
     @property
     def is_sequencer(self) -> bool:
         return self.config.sequencer_key is not None
 
+    @property
+    def ordering(self) -> str:
+        return "evm" if self.evm is not None else "local"
+
     def start(self) -> None:
+        if self.evm is not None:
+            evm = self.evm
+            self._thread = threading.Thread(
+                target=evm.run, args=(self._stop,), name="block-source", daemon=True
+            )
+            self._relayer_thread = threading.Thread(
+                target=evm.run_relayer, args=(self._stop,), name="relayer", daemon=True
+            )
+            self._thread.start()
+            self._relayer_thread.start()
+            return
         target = self._produce_loop if self.is_sequencer else self._follow_loop
         if not self.is_sequencer and self.config.follow_url is None:
-            raise ValueError("a node needs either a sequencer key or a URL to follow")
+            raise ValueError("a node needs a sequencer key, a URL to follow, or an EVM inbox")
         self._thread = threading.Thread(target=target, name="block-source", daemon=True)
         self._thread.start()
+
+    def _halt(self, why: str) -> None:
+        self.halted = why
+        log.critical("HALTING: %s", why)
 
     def stop(self) -> None:
         self._stop.set()
         self.mempool.ready.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        for thread in (self._thread, self._relayer_thread):
+            if thread is not None:
+                thread.join(timeout=10)
+        if self.evm is not None:
+            self.evm.close()
         self._verify_pool.shutdown(wait=False)
 
     def add_listener(self, listener: Callable[[BlockNotice], None]) -> None:
@@ -128,12 +166,14 @@ class Node:
 
     def submit_many(self, raws: Sequence[bytes]) -> list[bytes | AdmissionError]:
         """Admit a batch. Each entry is the tx hash, or the AdmissionError that refused it."""
-        if self.halted or not self.is_sequencer:
-            why = (
-                f"node halted: {self.halted}"
-                if self.halted
-                else "this node follows another; submit to the sequencer"
-            )
+        accepting = self.is_sequencer or (self.evm is not None and self.evm.accepts_txs)
+        if self.halted or not accepting:
+            if self.halted:
+                why = f"node halted: {self.halted}"
+            elif self.evm is not None:
+                why = "this node derives from the EVM inbox but relays nothing (no --evm-key); submit to a relaying node"
+            else:
+                why = "this node follows another; submit to the sequencer"
             return [AdmissionError("not_accepting", why) for _ in raws]
         decoded: list[SignedTx | AdmissionError] = []
         for raw in raws:
@@ -227,7 +267,7 @@ class Node:
         head = self.store.head()
         reply = client.get("/sync/blocks", params={"from": head.height + 1, "limit": batch})
         reply.raise_for_status()
-        raws = [codec.from_hex(b) for b in reply.json()["blocks"]]
+        raws = [codec.from_hex(b["block"]) for b in reply.json()["blocks"]]
         for raw in raws:
             self.import_block(Block.decode(raw))
         return len(raws)

@@ -63,10 +63,13 @@ class Mempool:
                 )
             if tx.nonce in queue.txs:
                 raise AdmissionError("duplicate", f"another tx with nonce {tx.nonce} is already pending")
-            expected = base + len(queue.txs)
+            # Any unused nonce in the window is fine: concurrent clients' txs arrive out of order, and
+            # the queue may still hold txs a just-committed block included (until `remove`).
             limit = int(self._runtime.system.param(state, "max_future_nonces"))
-            if tx.nonce != expected and not (expected < tx.nonce < base + limit):
-                raise AdmissionError("bad_nonce", f"nonce {tx.nonce} is out of range: next is {expected}")
+            if tx.nonce >= base + limit:
+                raise AdmissionError(
+                    "bad_nonce", f"nonce {tx.nonce} is too far ahead: next is {base}, the window is {limit}"
+                )
             self._runtime.check_stateful(state, stx, expected_nonce=tx.nonce, pending_spend=queue.spend)
             queue.txs[tx.nonce] = stx
             queue.spend += self._runtime.spend_of(stx)
