@@ -9,6 +9,7 @@ transactions (two encodings of one tx with different hashes).
 from __future__ import annotations
 
 import hashlib
+import io
 from typing import Any
 
 import cbor2
@@ -32,22 +33,54 @@ class CodecError(ValueError):
     """Bytes or text that are not a valid encoding of an Umbra value."""
 
 
+def _map_header(length: int) -> bytes:
+    if length < 24:
+        return bytes([0xA0 | length])
+    for info, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if length < 1 << (8 * size):
+            return bytes([0xA0 | info]) + length.to_bytes(size, "big")
+    raise CodecError("map too large")
+
+
+def _encode_map(encoder: Any, value: dict[Any, Any]) -> None:
+    """RFC 8949 §4.2.1: keys sorted by the bytewise order of their encodings.
+
+    cbor2's `canonical` sorts length-first (RFC 7049), which agrees with bytewise order only when
+    all keys share one major type (text, bytes or unsigned ints). Mixed keys are sorted here.
+    """
+    kinds = {type(key) for key in value}
+    if len(kinds) <= 1 and (str in kinds or bytes in kinds or not kinds):
+        encoder.encode_map(value)
+        return
+    items = sorted(((encode(key), item) for key, item in value.items()), key=lambda pair: pair[0])
+    encoder.write(_map_header(len(items)))
+    for key_bytes, item in items:
+        encoder.write(key_bytes)
+        encoder.encode(item)
+
+
 def encode(value: Any) -> bytes:
     """Deterministic CBOR: shortest forms, definite lengths, map keys sorted bytewise."""
     try:
-        return cbor2.dumps(value, canonical=True)
+        return cbor2.dumps(value, canonical=True, encoders={dict: _encode_map})
     except (cbor2.CBOREncodeError, TypeError, ValueError) as exc:
         raise CodecError(f"value cannot be encoded as CBOR: {exc}") from None
 
 
 def decode(data: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     """Decode one CBOR item that must span exactly `data`."""
+    stream = io.BytesIO(data)
     try:
-        return cbor2.loads(data, max_depth=max_depth, allow_indefinite=False, allow_duplicate_keys=False)
+        value = cbor2.CBORDecoder(
+            stream, max_depth=max_depth, allow_indefinite=False, allow_duplicate_keys=False
+        ).decode()
     except RecursionError:
         raise CodecError("CBOR nesting too deep") from None
     except Exception as exc:  # cbor2 raises a zoo of types on hostile input
         raise CodecError(f"malformed CBOR: {type(exc).__name__}: {exc}"[:300]) from None
+    if stream.tell() != len(data):
+        raise CodecError(f"{len(data) - stream.tell()} trailing bytes after the CBOR item")
+    return value
 
 
 def decode_canonical(data: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
