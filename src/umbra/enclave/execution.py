@@ -1,0 +1,438 @@
+"""Confidential execution inside the core: decrypt, check, run, re-encrypt, commit, seal, sign.
+
+A job (docs/protocol.md "compute"): the input was sealed by the requester to the contract's ECDH
+key with HPKE info `cbor{chain_id, contract, sender, reply_pk, nonce}`; the chain verified and
+recorded who sent it, its hash, and the state it must run on. The core checks all of that against
+its own verified view (never the host's word), runs the contract in the sandbox, encrypts the new
+state under the contract's state key, commits to the output with `k_job`, seals `(output, k_job)`
+to the requester's reply key and signs the result body.
+
+Determinism across replicas: everything the body commits to is a function of the verified chain
+and the input, so honest replicas agree. In particular the state ciphertext uses a synthetic
+nonce (HMAC of the plaintext and its binding under a key derived from the state key): the same
+state at the same version encrypts to the same bytes, and different states never share a nonce.
+
+State blob: `cbor{v: 1, epoch, ct}`, `ct = ChaCha20-Poly1305(state key[epoch], cbor(state),
+aad=cbor{contract, version})`. Old epochs stay readable; a write uses the epoch of the input.
+
+Queries travel straight from a client to a worker: `HPKE(contract ecdh_pk, cbor{body, caller,
+signature}, info=cbor{chain_id, contract, purpose: "umbra/query/v1"})`, `body = {contract, method,
+args, reply_pk, expiry_ms}` signed by the caller's account key (`umbra/query/v1`). The reply is
+`HPKE(reply_pk, cbor{ok, output | error}, info=cbor{chain_id, contract, query_hash})` with
+`query_hash = SHA-256(sealed query)`, and the worker signs `{contract, height, state_hash,
+sealed_reply_hash, query_hash}` (`umbra/query-reply/v1`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from umbra import codec, crypto
+from umbra.enclave.chainview import ChainView
+from umbra.enclave.keytree import ContractKeys, MasterKey
+from umbra.enclave.sandbox import ContractHost, RunResult, SandboxFault
+
+__all__ = ["ExecutionFault", "Executor", "open_state", "seal_state"]
+
+log = logging.getLogger("umbra.enclave")
+
+_STATE_VERSION = 1
+_QUERY_PURPOSE = "umbra/query/v1"
+_SECRET_PURPOSE = "umbra/secret/v1"
+_BLOB_PURPOSE = "umbra/blob/v1"
+# A query that says it stays valid longer than this is refused: expiry bounds replay.
+_MAX_QUERY_LIFETIME_MS = 15 * 60 * 1000
+
+
+class ExecutionFault(Exception):
+    """A request the core refuses to execute (not a contract failure, which is a result)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _state_aad(contract: bytes, version: int) -> bytes:
+    return codec.encode({"contract": contract, "version": version})
+
+
+def seal_state(keys: ContractKeys, epoch: int, version: int, state: Any) -> bytes:
+    plaintext = codec.encode(state)
+    aad = _state_aad(keys.contract, version)
+    nonce_key = crypto.derive_key(keys.state_key.key, "umbra/contract/state-nonce")
+    nonce = crypto.commitment(nonce_key, aad + plaintext)[:12]
+    ciphertext = keys.state_key.seal(plaintext, aad, rng=lambda n: nonce[:n])
+    return codec.encode({"v": _STATE_VERSION, "epoch": epoch, "ct": ciphertext})
+
+
+def open_state(masters: dict[int, MasterKey], contract: bytes, version: int, blob: bytes) -> Any:
+    try:
+        envelope = codec.decode(blob)
+        if not isinstance(envelope, dict) or envelope.get("v") != _STATE_VERSION:
+            raise ValueError("unknown state format")
+        epoch, ciphertext = int(envelope["epoch"]), envelope["ct"]
+    except (codec.CodecError, ValueError, KeyError, TypeError) as exc:
+        raise ExecutionFault("bad_state", f"state blob does not parse: {exc}") from None
+    master = masters.get(epoch)
+    if master is None:
+        raise ExecutionFault(
+            "no_key", f"the state is sealed under epoch {epoch}, which this core does not hold"
+        )
+    try:
+        return codec.decode(
+            master.contract(contract).state_key.open(ciphertext, _state_aad(contract, version))
+        )
+    except (crypto.DecryptError, codec.CodecError) as exc:
+        raise ExecutionFault("bad_state", f"state does not open: {exc}") from None
+
+
+def _open_with_any(
+    masters: dict[int, MasterKey], contract: bytes, sealed: bytes, info: bytes
+) -> tuple[int, ContractKeys, bytes] | None:
+    """Try the held epochs, newest first: the sender sealed to one epoch's contract key."""
+    for epoch in sorted(masters, reverse=True):
+        keys = masters[epoch].contract(contract)
+        try:
+            return epoch, keys, crypto.hpke_open(keys.ecdh, sealed, info)
+        except crypto.DecryptError:
+            continue
+    return None
+
+
+class Executor:
+    """Runs jobs and queries for one core. Holds the warm sandboxes, one per contract."""
+
+    def __init__(self, chain_id: str, identity: crypto.SigningKey, *, lie: bool = False) -> None:
+        self._chain_id = chain_id
+        self._identity = identity
+        self._lie = lie
+        self._hosts: dict[bytes, ContractHost] = {}
+        # Opened owner material, by contract: secrets by name (with the hash they opened from)
+        # and blobs by hash. Kept in the core, so the host sends each ciphertext once.
+        self._secrets: dict[bytes, dict[str, tuple[bytes, bytes]]] = {}
+        self._blobs: dict[bytes, dict[bytes, bytes]] = {}
+
+    def missing(self, view: ChainView, contract_id: bytes) -> dict[str, Any]:
+        """Which registered secrets and blobs the host should send with the next job or query."""
+        contract = view.contracts.get(contract_id)
+        if contract is None:
+            return {"secrets": [], "blobs": []}
+        have_secrets = self._secrets.get(contract_id, {})
+        have_blobs = self._blobs.get(contract_id, {})
+        return {
+            "secrets": [n for n, h in contract["secrets"].items() if have_secrets.get(n, (b"", b""))[0] != h],
+            "blobs": [h for h in contract["blobs"] if h not in have_blobs],
+        }
+
+    def _material(
+        self, view: ChainView, masters: dict[int, MasterKey], contract_id: bytes, request: dict[str, Any]
+    ) -> tuple[dict[str, bytes], dict[bytes, bytes]]:
+        """The contract's secrets and blobs, opened: new ciphertexts from the host are checked
+        against the hashes the chain registered, then opened with the contract's key."""
+        contract = view.contracts[contract_id]
+        secrets = self._secrets.setdefault(contract_id, {})
+        sent = request.get("secrets") or {}
+        for name, sealed in sent.items() if isinstance(sent, dict) else ():
+            expected = contract["secrets"].get(name)
+            if expected is None or not isinstance(sealed, bytes) or codec.sha256(sealed) != expected:
+                raise ExecutionFault("bad_secret", f"secret {name!r} is not the one registered on chain")
+            info = codec.encode(
+                {
+                    "chain_id": self._chain_id,
+                    "contract": contract_id,
+                    "purpose": _SECRET_PURPOSE,
+                    "name": name,
+                }
+            )
+            opened = _open_with_any(masters, contract_id, sealed, info)
+            if opened is not None:
+                secrets[name] = (expected, opened[2])
+        blobs = self._blobs.setdefault(contract_id, {})
+        sent = request.get("blobs") or {}
+        for digest, sealed in sent.items() if isinstance(sent, dict) else ():
+            if (
+                digest not in contract["blobs"]
+                or not isinstance(sealed, bytes)
+                or codec.sha256(sealed) != digest
+            ):
+                raise ExecutionFault("bad_blob", "a blob sent is not one registered for this contract")
+            info = codec.encode(
+                {"chain_id": self._chain_id, "contract": contract_id, "purpose": _BLOB_PURPOSE}
+            )
+            opened = _open_with_any(masters, contract_id, sealed, info)
+            if opened is not None:
+                blobs[digest] = opened[2]
+        current = {n: plain for n, (h, plain) in secrets.items() if contract["secrets"].get(n) == h}
+        return current, {h: plain for h, plain in blobs.items() if h in contract["blobs"]}
+
+    def _host(self, contract: bytes, code: bytes, code_hash: bytes) -> ContractHost:
+        host = self._hosts.get(contract)
+        if host is None or host.code_hash != code_hash:
+            if host is not None:
+                host.close()
+            host = self._hosts[contract] = ContractHost(contract, code, code_hash)
+        return host
+
+    # ---- jobs ----------------------------------------------------------------------------------
+    def execute(
+        self, view: ChainView, masters: dict[int, MasterKey], request: dict[str, Any]
+    ) -> dict[str, Any]:
+        me = self._identity.public_key
+        job_id = request.get("job")
+        job = view.jobs.get(job_id) if isinstance(job_id, bytes) else None
+        if job is None or not isinstance(job_id, bytes):
+            raise ExecutionFault("unknown_job", "no verified pending job with this id")
+        if me not in job["workers"]:
+            raise ExecutionFault("not_assigned", "the verified chain does not assign this job to this worker")
+        contract_id: bytes = job["contract"]
+        contract = view.contracts.get(contract_id)
+        if contract is None:
+            raise ExecutionFault("unknown_contract", "no verified deployment of the job's contract")
+        code, sealed_input, state_blob = (
+            request.get("code"),
+            request.get("sealed_input"),
+            request.get("state_blob"),
+        )
+        if not isinstance(code, bytes) or codec.sha256(code) != contract["code_hash"]:
+            raise ExecutionFault("bad_code", "the code given does not hash to the deployed code_hash")
+        if not isinstance(sealed_input, bytes) or codec.sha256(sealed_input) != job["input_hash"]:
+            raise ExecutionFault("bad_input", "the sealed input does not hash to the requested input_hash")
+        prev_hash: bytes | None = job["state_hash"]
+        prev_version = int(job["state_version"] or 0)
+        if prev_hash is None:
+            if state_blob is not None:
+                raise ExecutionFault("bad_state", "the job runs on no state yet, but a state blob was given")
+        elif not isinstance(state_blob, bytes) or codec.sha256(state_blob) != prev_hash:
+            raise ExecutionFault(
+                "bad_state", "the state blob does not hash to the state the job was assigned"
+            )
+        if not masters:
+            raise ExecutionFault("no_key", "this core holds no master key yet")
+
+        info = codec.encode(
+            {
+                "chain_id": self._chain_id,
+                "contract": contract_id,
+                "sender": job["requester"],
+                "reply_pk": job["reply_pk"],
+                "nonce": job["nonce"],
+            }
+        )
+        opened = _open_with_any(masters, contract_id, sealed_input, info)
+        newest = max(masters)
+        epoch, keys = (
+            (opened[0], opened[1]) if opened is not None else (newest, masters[newest].contract(contract_id))
+        )
+        secrets, blobs = self._material(view, masters, contract_id, request)
+        try:
+            result = self._run_job(
+                view,
+                masters,
+                job_id,
+                job,
+                contract,
+                code,
+                opened,
+                prev_hash,
+                prev_version,
+                state_blob,
+                secrets,
+                blobs,
+            )
+        except SandboxFault as exc:
+            raise ExecutionFault("sandbox", f"the sandbox could not run the job: {exc}") from None
+        if self._lie and result.ok:
+            result = RunResult(
+                True, ["wrong", result.output], None, result.state, result.transfers, result.events
+            )
+        value = result.output if result.ok else {"error": result.error}
+        k_job = keys.k_job(job_id)
+        opened_output = (
+            {"ok": True, "output": result.output} if result.ok else {"ok": False, "error": result.error}
+        )
+        sealed_output = crypto.hpke_seal(
+            job["reply_pk"],
+            codec.encode({**opened_output, "k_job": k_job}),
+            codec.encode({"chain_id": self._chain_id, "job": job_id}),
+        )
+        new_blob = seal_state(keys, epoch, prev_version + 1, result.state) if result.ok else None
+        body = {
+            "job": job_id,
+            "contract": contract_id,
+            "worker": me,
+            "code_hash": contract["code_hash"],
+            "input_hash": job["input_hash"],
+            "sealed_output_hash": codec.sha256(sealed_output),
+            "output_commitment": crypto.commitment(k_job, codec.encode(value)),
+            "prev_state_hash": prev_hash,
+            "new_state_hash": codec.sha256(new_blob) if new_blob is not None else prev_hash,
+            "failed": not result.ok,
+            "transfers": result.transfers if result.ok else [],
+            "events": result.events if result.ok else [],
+        }
+        return {
+            "body": body,
+            "signature": self._identity.sign("umbra/result/v1", body),
+            "sealed_output": sealed_output,
+            "state_blob": new_blob,
+        }
+
+    def _run_job(
+        self,
+        view: ChainView,
+        masters: dict[int, MasterKey],
+        job_id: bytes,
+        job: dict[str, Any],
+        contract: dict[str, Any],
+        code: bytes,
+        opened: tuple[int, ContractKeys, bytes] | None,
+        prev_hash: bytes | None,
+        prev_version: int,
+        state_blob: bytes | None,
+        secrets: dict[str, bytes],
+        blobs: dict[bytes, bytes],
+    ) -> RunResult:
+        """The contract's outcome; every refusal from here on is a failed job, which replicas agree on."""
+        if opened is None:
+            return RunResult.failure(
+                "the sealed input does not open with this contract's key (wrong key or binding)"
+            )
+        _epoch, keys, plaintext = opened
+        try:
+            payload = codec.decode(plaintext)
+        except codec.CodecError:
+            return RunResult.failure("the input is not CBOR")
+        if not (
+            isinstance(payload, dict)
+            and isinstance(payload.get("method"), str)
+            and isinstance(payload.get("args", {}), dict)
+        ):
+            return RunResult.failure("the input must be {method, args}")
+        method, args = payload["method"], payload.get("args", {})
+        is_init = method == "__init__"
+        if prev_hash is None and not is_init:
+            return RunResult.failure("the contract is not initialized: its first job must be __init__")
+        if is_init and prev_hash is not None:
+            return RunResult.failure("the contract is already initialized")
+        if is_init and job["requester"] != contract["owner"]:
+            return RunResult.failure("only the contract's owner may run __init__")
+        state = None if state_blob is None else open_state(masters, job["contract"], prev_version, state_blob)
+        host = self._host(job["contract"], code, contract["code_hash"])
+        return host.run(
+            kind="init" if is_init else "command",
+            method=method,
+            args=args,
+            caller=job["requester"],
+            state=state,
+            height=int(job["assigned_height"]),
+            time_ms=int(job["assigned_time_ms"]),
+            job=job_id,
+            keys=keys,
+            replicated=int(job["replicas"]) > 1,
+            value=int(job["value"]),
+            secrets=secrets,
+            blobs=blobs,
+            http_allowlist=contract["http_allowlist"],
+        )
+
+    # ---- queries -------------------------------------------------------------------------------
+    def query(
+        self, view: ChainView, masters: dict[int, MasterKey], request: dict[str, Any]
+    ) -> dict[str, Any]:
+        contract_id, sealed, state_blob = (
+            request.get("contract"),
+            request.get("query"),
+            request.get("state_blob"),
+        )
+        code = request.get("code")
+        if not isinstance(contract_id, bytes) or not isinstance(sealed, bytes):
+            raise ExecutionFault("bad_request", "contract and query are bytes")
+        contract = view.contracts.get(contract_id)
+        if contract is None:
+            raise ExecutionFault("unknown_contract", "no verified deployment of this contract")
+        if not isinstance(code, bytes) or codec.sha256(code) != contract["code_hash"]:
+            raise ExecutionFault("bad_code", "the code given does not hash to the deployed code_hash")
+        state_hash = contract["state_hash"]
+        if state_hash is None:
+            raise ExecutionFault(
+                "not_initialized", "the contract has no state yet (its init job has not settled)"
+            )
+        if not isinstance(state_blob, bytes) or codec.sha256(state_blob) != state_hash:
+            raise ExecutionFault(
+                "stale_state", f"the state given is not the verified latest 0x{state_hash.hex()}"
+            )
+        info = codec.encode({"chain_id": self._chain_id, "contract": contract_id, "purpose": _QUERY_PURPOSE})
+        opened = _open_with_any(masters, contract_id, sealed, info)
+        if opened is None:
+            raise ExecutionFault("cannot_open", "the query does not open with this contract's key")
+        _epoch, keys, plaintext = opened
+        try:
+            inner = codec.decode(plaintext)
+            body, caller, signature = inner["body"], inner["caller"], inner["signature"]
+            if not (
+                isinstance(body, dict)
+                and set(body) == {"contract", "method", "args", "reply_pk", "expiry_ms"}
+            ):
+                raise ValueError("body must be {contract, method, args, reply_pk, expiry_ms}")
+        except (codec.CodecError, KeyError, TypeError, ValueError) as exc:
+            raise ExecutionFault("bad_query", f"the query is malformed: {exc}") from None
+        if body["contract"] != contract_id:
+            raise ExecutionFault("bad_query", "the query names another contract")
+        if not (isinstance(caller, bytes) and isinstance(signature, bytes)) or not crypto.verify(
+            _QUERY_PURPOSE, body, signature, caller
+        ):
+            raise ExecutionFault("bad_signature", "the caller's signature over the query does not verify")
+        expiry = body["expiry_ms"]
+        if not isinstance(expiry, int) or expiry < view.time_ms:
+            raise ExecutionFault("query_expired", "the query expired (by the latest verified block time)")
+        if expiry > view.time_ms + _MAX_QUERY_LIFETIME_MS:
+            raise ExecutionFault("bad_query", "the query's expiry is too far in the future")
+        reply_pk = body["reply_pk"]
+        if not (
+            isinstance(reply_pk, bytes)
+            and len(reply_pk) == 32
+            and isinstance(body["method"], str)
+            and isinstance(body["args"], dict)
+        ):
+            raise ExecutionFault("bad_query", "method is text, args a map, reply_pk 32 bytes")
+        state = open_state(masters, contract_id, int(contract["version"]), state_blob)
+        secrets, blobs = self._material(view, masters, contract_id, request)
+        try:
+            result = self._host(contract_id, code, contract["code_hash"]).run(
+                kind="query",
+                method=body["method"],
+                args=body["args"],
+                caller=caller,
+                state=state,
+                height=view.height,
+                time_ms=view.time_ms,
+                job=codec.sha256(sealed),
+                keys=keys,
+                secrets=secrets,
+                blobs=blobs,
+                http_allowlist=contract["http_allowlist"],
+            )
+        except SandboxFault as exc:
+            raise ExecutionFault("sandbox", f"the sandbox could not run the query: {exc}") from None
+        query_hash = codec.sha256(sealed)
+        reply = {"ok": result.ok, **({"output": result.output} if result.ok else {"error": result.error})}
+        sealed_reply = crypto.hpke_seal(
+            reply_pk,
+            codec.encode(reply),
+            codec.encode({"chain_id": self._chain_id, "contract": contract_id, "query_hash": query_hash}),
+        )
+        signed = {
+            "contract": contract_id,
+            "height": view.height,
+            "state_hash": state_hash,
+            "sealed_reply_hash": codec.sha256(sealed_reply),
+            "query_hash": query_hash,
+        }
+        return {
+            "reply": signed,
+            "signature": self._identity.sign("umbra/query-reply/v1", signed),
+            "sealed_reply": sealed_reply,
+            "worker": self._identity.public_key,
+        }
