@@ -77,7 +77,7 @@ def _run(as_json: bool, action: Callable[[], dict[str, Any]], title: str | None 
     try:
         result = action()
     except UmbraError as exc:
-        _fail(as_json, exc.code, exc.message)
+        _fail(as_json, exc.code, exc.message, 2 if exc.code == "usage" else 1)
     _emit(as_json, result, title)
 
 
@@ -167,6 +167,210 @@ def block(
     _run(as_json, action, "block")
 
 
+# ---- contracts -------------------------------------------------------------------------------------
+ArgsOpt = Annotated[
+    str | None, typer.Option("--args", help="keyword arguments as a JSON object, like '{\"by\": 2}'")
+]
+
+
+@app.command()
+def deploy(
+    file: Annotated[Path, typer.Argument(help="contract source (a Python module)")],
+    init: Annotated[str | None, typer.Option("--init", help="init keyword arguments (JSON object)")] = None,
+    manifest: Annotated[
+        str | None,
+        typer.Option("--manifest", help="manifest (JSON object: name, description, http_allowlist)"),
+    ] = None,
+    as_json: JsonOpt = False,
+    node: NodeOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Deploy a confidential contract; waits for its verified key and its init job."""
+    from umbra.client import _contract_cli
+
+    _run(
+        as_json,
+        lambda: _contract_cli.deploy(_node_url(node), _key(key), file, init, manifest, as_json),
+        "deployed",
+    )
+
+
+@app.command()
+def call(
+    contract: Annotated[str, typer.Argument(help="contract id (0x-hex)")],
+    method: Annotated[str, typer.Argument(help="a @command of the contract")],
+    args: ArgsOpt = None,
+    replicas: Annotated[
+        int, typer.Option("--replicas", min=1, max=7, help="distinct workers that must agree")
+    ] = 1,
+    value: Annotated[int, typer.Option("--value", min=0, help="amount moved to the contract's account")] = 0,
+    distinct: Annotated[
+        str, typer.Option("--distinct", help="replicas on distinct: none|operators|tee_types")
+    ] = "none",
+    as_json: JsonOpt = False,
+    node: NodeOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Run a command on chain; waits for the result and verifies it."""
+    from umbra.client import _contract_cli
+
+    _run(
+        as_json,
+        lambda: _contract_cli.call(
+            _node_url(node), _key(key), contract, method, args, replicas, value, distinct, as_json
+        ),
+        method,
+    )
+
+
+@app.command()
+def query(
+    contract: Annotated[str, typer.Argument(help="contract id (0x-hex)")],
+    method: Annotated[str, typer.Argument(help="a @query of the contract")],
+    args: ArgsOpt = None,
+    worker: Annotated[str | None, typer.Option("--worker", help="ask this worker (id)")] = None,
+    min_height: Annotated[
+        int | None, typer.Option("--min-height", min=0, help="read state at least this new [chain head]")
+    ] = None,
+    as_json: JsonOpt = False,
+    node: NodeOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Run a read-only query on a worker, off chain, signed by --key (that account is ctx.caller)."""
+    from umbra.client import _contract_cli
+
+    _run(
+        as_json,
+        lambda: _contract_cli.query(
+            _node_url(node), _key(key), contract, method, args, worker, min_height, as_json
+        ),
+        method,
+    )
+
+
+@app.command("upload-secret")
+def upload_secret(
+    contract: Annotated[str, typer.Argument(help="contract id (0x-hex)")],
+    name: Annotated[str, typer.Argument(help="the secret's name (ctx.secret(name))")],
+    file: Annotated[
+        Path | None, typer.Option("--file", help="read the secret from FILE (- for stdin)")
+    ] = None,
+    text: Annotated[str | None, typer.Option("--text", help="the secret as text")] = None,
+    as_json: JsonOpt = False,
+    node: NodeOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Seal a secret to the contract's key and store it on chain (owner only)."""
+    from umbra.client import _contract_cli
+
+    _run(
+        as_json,
+        lambda: _contract_cli.upload_secret(
+            _node_url(node), _key(key), contract, name, _contract_cli.read_secret(file, text), as_json
+        ),
+        "secret uploaded",
+    )
+
+
+# ---- staking ---------------------------------------------------------------------------------------
+WorkerArg = Annotated[str, typer.Argument(help="worker id (0x-hex)")]
+
+
+@app.command()
+def stake(
+    worker: WorkerArg,
+    amount: Annotated[int, typer.Argument(help="amount to stake, smallest unit (>= 1)")],
+    commission: Annotated[
+        int | None,
+        typer.Option("--commission", min=0, max=1_000_000, help="pool commission, parts per million"),
+    ] = None,
+    as_json: JsonOpt = False,
+    node: NodeOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Stake behind your worker: opens its pool if needed (operator only), then delegates."""
+    from umbra.client import _staking_cli
+
+    _run(
+        as_json,
+        lambda: _staking_cli.stake(_node_url(node), _key(key), _address(worker), amount, commission),
+        "staked",
+    )
+
+
+@app.command()
+def delegate(
+    worker: WorkerArg,
+    amount: Annotated[int, typer.Argument(help="amount to delegate, smallest unit (>= 1)")],
+    as_json: JsonOpt = False,
+    node: NodeOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Delegate to a worker's stake pool; you receive pool shares."""
+    from umbra.client import _staking_cli
+
+    _run(
+        as_json,
+        lambda: _staking_cli.delegate(_node_url(node), _key(key), _address(worker), amount),
+        "delegated",
+    )
+
+
+@app.command()
+def unbond(
+    worker: WorkerArg,
+    shares: Annotated[int, typer.Argument(help="pool shares to queue for withdrawal (>= 1)")],
+    as_json: JsonOpt = False,
+    node: NodeOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Queue pool shares for withdrawal; they are paid once the unbonding delay has passed."""
+    from umbra.client import _staking_cli
+
+    _run(
+        as_json, lambda: _staking_cli.unbond(_node_url(node), _key(key), _address(worker), shares), "unbonded"
+    )
+
+
+@app.command()
+def withdraw(worker: WorkerArg, as_json: JsonOpt = False, node: NodeOpt = None, key: KeyOpt = None) -> None:
+    """Pay out your matured withdrawals from a pool now (the chain also pays them every block)."""
+    from umbra.client import _staking_cli
+
+    _run(as_json, lambda: _staking_cli.withdraw(_node_url(node), _key(key), _address(worker)), "withdrawn")
+
+
+@app.command()
+def pool(worker: WorkerArg, as_json: JsonOpt = False, node: NodeOpt = None, key: KeyOpt = None) -> None:
+    """Show a worker's stake pool: stake, shares, commission, queue, reputation and your shares."""
+    from umbra.client import _staking_cli
+
+    def action() -> dict[str, Any]:
+        me = _key(key).public_key if key or os.environ.get("UMBRA_KEY") else None
+        return _staking_cli.pool(_node_url(node), _address(worker), me)
+
+    _run(as_json, action, "pool")
+
+
+@app.command()
+def rewards(
+    address: Annotated[
+        str | None, typer.Argument(help="a worker id, or an account (its pools) [the --key account]")
+    ] = None,
+    as_json: JsonOpt = False,
+    node: NodeOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Show the rewards and slashes of a worker's pool, or of every pool an account is in."""
+    from umbra.client import _staking_cli
+
+    def action() -> dict[str, Any]:
+        who = _address(address) if address is not None else _key(key).public_key
+        return _staking_cli.rewards(_node_url(node), who)
+
+    _run(as_json, action, "rewards")
+
+
 # ---- processes -------------------------------------------------------------------------------------
 @app.command("node")
 def node_cmd(
@@ -182,12 +386,35 @@ def node_cmd(
         Path | None, typer.Option("--sequencer-key", help="author blocks with this key")
     ] = None,
     follow: Annotated[str | None, typer.Option("--follow", help="follow the node at this URL")] = None,
+    ordering: Annotated[
+        str, typer.Option("--ordering", help="local (sequencer or follower) or evm (derive from an inbox)")
+    ] = "local",
+    evm_url: Annotated[str | None, typer.Option("--evm-url", help="EVM JSON-RPC URL (evm ordering)")] = None,
+    inbox: Annotated[
+        str | None, typer.Option("--inbox", help="inbox contract address (evm ordering)")
+    ] = None,
+    confirmations: Annotated[
+        int, typer.Option("--confirmations", min=0, help="EVM blocks on top before one is derived")
+    ] = 2,
+    evm_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--evm-key", help="hex private key file of a funded EVM account: relay txs to the inbox"
+        ),
+    ] = None,
+    node_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--node-key", help="key that attests derived blocks (evm) [DATA_DIR/node.key, made once]"
+        ),
+    ] = None,
     check: Annotated[bool, typer.Option("--check", help="run a full integrity check and exit")] = False,
     as_json: JsonOpt = False,
     node: NodeOpt = None,
     key: KeyOpt = None,
 ) -> None:
-    """Run a node: the local sequencer (--sequencer-key) or a follower (--follow URL)."""
+    """Run a node: the local sequencer (--sequencer-key), a follower (--follow URL), or one that
+    derives its chain from an EVM inbox (--ordering evm --evm-url URL --inbox ADDR [--evm-key FILE])."""
     from umbra.node.main import check_store, run_node
 
     if check:
@@ -197,7 +424,16 @@ def node_cmd(
         else:
             _console.print("[green]database is healthy[/green]" if not problems else "\n".join(problems))
         raise typer.Exit(0 if not problems else 1)
-    if (sequencer_key is None) == (follow is None):
+    evm_settings = None
+    if ordering == "evm":
+        if evm_url is None or inbox is None:
+            _fail(as_json, "usage", "--ordering evm needs --evm-url URL and --inbox ADDRESS", 2)
+        if sequencer_key is not None or follow is not None:
+            _fail(as_json, "usage", "--ordering evm derives blocks: no --sequencer-key or --follow", 2)
+        evm_settings = _evm_settings(as_json, evm_url, inbox, confirmations, evm_key, node_key)
+    elif ordering != "local":
+        _fail(as_json, "usage", "--ordering is local or evm", 2)
+    elif (sequencer_key is None) == (follow is None):
         _fail(as_json, "usage", "give exactly one of --sequencer-key (author blocks) or --follow URL", 2)
     try:
         run_node(
@@ -207,9 +443,27 @@ def node_cmd(
             genesis_path=genesis,
             sequencer_key_path=sequencer_key,
             follow_url=follow,
+            evm=evm_settings,
         )
     except UmbraError as exc:
         _fail(as_json, exc.code, exc.message)
+
+
+def _evm_settings(
+    as_json: bool, url: str, inbox: str, confirmations: int, key_file: Path | None, node_key: Path | None
+) -> Any:
+    from umbra.ordering.evm import EvmSettings
+    from umbra.ordering.evm_rpc import load_evm_key, parse_address
+
+    try:
+        address = parse_address(inbox)
+        secret = None if key_file is None else load_evm_key(key_file)
+        attester = None if node_key is None else crypto.load_signing_key(node_key)
+    except ValueError as exc:  # KeyFileError is a ValueError too
+        _fail(as_json, "usage", str(exc), 2)
+    return EvmSettings(
+        url=url, inbox=address, confirmations=confirmations, relayer_key=secret, node_key=attester
+    )
 
 
 @app.command()
@@ -235,6 +489,155 @@ def dev(
     except RuntimeError as exc:
         _fail(as_json, "dev_failed", str(exc))
     raise typer.Exit(code)
+
+
+# ---- TEE hosts -----------------------------------------------------------------------------------
+DataDirOpt = Annotated[Path, typer.Option("--data-dir", help="sealed keys and the simulated CPU live here")]
+HostPortOpt = Annotated[int, typer.Option("--port", help="HTTP port for sealed queries", min=1, max=65535)]
+TeeTypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tee-type",
+        help="sim|sgx|tdx|sev-snp|nitro: the type a sim worker presents (or the hardware expected)",
+    ),
+]
+SimRootOpt = Annotated[
+    Path | None,
+    typer.Option("--sim-root", help="the dev network's sim root (issues this machine's simulated CPU)"),
+]
+SealFailureOpt = Annotated[
+    str,
+    typer.Option("--on-seal-failure", help="fail|new-identity: what to do when sealed keys do not open"),
+]
+EndpointOpt = Annotated[str | None, typer.Option("--endpoint", help="public URL registered on chain")]
+HostOpt = Annotated[str, typer.Option("--host", help="address to listen on")]
+SimMeasurementOpt = Annotated[str | None, typer.Option("--sim-measurement", hidden=True)]
+SimDebugOpt = Annotated[bool, typer.Option("--sim-debug", hidden=True)]
+FaultOpt = Annotated[
+    str | None,
+    typer.Option("--fault", help="chaos tests: stall | wrong-output (sim only) | crash-after:N"),
+]
+
+
+def _run_tee_host(
+    role: str,
+    *,
+    as_json: bool,
+    node: str | None,
+    key: str | None,
+    data_dir: Path,
+    port: int,
+    host: str,
+    endpoint: str | None,
+    tee_type: str | None,
+    sim_root: Path | None,
+    on_seal_failure: str,
+    sim_measurement: str | None,
+    sim_debug: bool,
+    fault: str | None,
+) -> None:
+    from umbra.worker.main import HostOptions, run_host
+
+    if on_seal_failure not in ("fail", "new-identity"):
+        _fail(as_json, "usage", "--on-seal-failure is fail or new-identity", 2)
+    hooks: tuple[Any, ...] = ()
+    if role == "gatekeeper":
+        from umbra.gatekeeper import gatekeeper_duties
+
+        hooks = (gatekeeper_duties,)
+    # --node may list several nodes (comma-separated): txs go to the first; on an evm-ordered chain
+    # the core also needs the others' attestations of each block.
+    urls = [u.strip() for u in _node_url(node).split(",") if u.strip()]
+    try:
+        options = HostOptions(
+            node_url=urls[0],
+            attest_urls=tuple(urls[1:]),
+            operator=_key(key),
+            data_dir=data_dir,
+            role=role,
+            host=host,
+            port=port,
+            endpoint=endpoint,
+            tee_type=tee_type,
+            sim_root=sim_root,
+            sim_measurement=sim_measurement,
+            sim_debug=sim_debug,
+            on_seal_failure=on_seal_failure,
+            fault=fault,
+        )
+        run_host(options, hooks=hooks)
+    except UmbraError as exc:
+        _fail(as_json, exc.code, exc.message, 2 if exc.code == "usage" else 1)
+
+
+@app.command()
+def worker(
+    data_dir: DataDirOpt = Path("./.umbra-worker"),
+    port: HostPortOpt = 9955,
+    host: HostOpt = "127.0.0.1",
+    endpoint: EndpointOpt = None,
+    tee_type: TeeTypeOpt = None,
+    sim_root: SimRootOpt = None,
+    on_seal_failure: SealFailureOpt = "fail",
+    sim_measurement: SimMeasurementOpt = None,
+    sim_debug: SimDebugOpt = False,
+    fault: FaultOpt = None,
+    as_json: JsonOpt = False,
+    node: NodeOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Run a TEE worker: register (--key is the operator account), follow the chain, run jobs, answer queries."""
+    _run_tee_host(
+        "worker",
+        as_json=as_json,
+        node=node,
+        key=key,
+        data_dir=data_dir,
+        port=port,
+        host=host,
+        endpoint=endpoint,
+        tee_type=tee_type,
+        sim_root=sim_root,
+        on_seal_failure=on_seal_failure,
+        sim_measurement=sim_measurement,
+        sim_debug=sim_debug,
+        fault=fault,
+    )
+
+
+@app.command()
+def gatekeeper(
+    data_dir: DataDirOpt = Path("./.umbra-gatekeeper"),
+    port: HostPortOpt = 9956,
+    host: HostOpt = "127.0.0.1",
+    endpoint: EndpointOpt = None,
+    tee_type: TeeTypeOpt = None,
+    sim_root: SimRootOpt = None,
+    on_seal_failure: SealFailureOpt = "fail",
+    sim_measurement: SimMeasurementOpt = None,
+    sim_debug: SimDebugOpt = False,
+    fault: FaultOpt = None,
+    as_json: JsonOpt = False,
+    node: NodeOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Run a gatekeeper: a worker that holds the master key, hands it over and publishes contract keys."""
+    _run_tee_host(
+        "gatekeeper",
+        as_json=as_json,
+        node=node,
+        key=key,
+        data_dir=data_dir,
+        port=port,
+        host=host,
+        endpoint=endpoint,
+        tee_type=tee_type,
+        sim_root=sim_root,
+        on_seal_failure=on_seal_failure,
+        sim_measurement=sim_measurement,
+        sim_debug=sim_debug,
+        fault=fault,
+    )
 
 
 def main() -> None:

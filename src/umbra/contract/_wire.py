@@ -1,0 +1,115 @@
+"""Length-prefixed frames over pipes, shared by the runner, the warm host and its job children.
+
+A frame is `u32 big-endian length || kind byte || payload`. The kind byte lets the host forward a
+child's frame to the runner unchanged (no decode and re-encode of a 64 MiB state), and lets every
+reader refuse an oversized frame from its header alone, before buffering any of it.
+
+Every reader here treats its peer as hostile: the host runs contract import code and the child
+runs contract methods, so lengths are bounded and partial frames never block a reader that also
+has other work (see `FrameReader`).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import struct
+import time
+
+_HEADER = struct.Struct(">IB")
+HEADER_SIZE = _HEADER.size
+
+# runner -> host
+LOAD = ord("L")  # CBOR {code, contract, limits, landlock}: the first frame, exactly once
+BLOB = ord("B")  # CBOR {key, data}: cache a blob in the host so children inherit it through fork
+DROP = ord("D")  # CBOR [key, ...]: forget cached blobs
+JOB = ord("J")  # CBOR job body; the host passes it to the job child without decoding it
+REPLY = ord("R")  # CBOR reply to an RPC; forwarded to the job child
+EXIT = ord("X")  # empty: the host exits
+# host -> runner
+READY = ord("Y")  # CBOR {info, protections}
+LOAD_ERROR = ord("E")  # UTF-8 text
+STARTED = ord("S")  # CBOR {pid}: the child serving the current job
+VIOLATION = ord("V")  # UTF-8 text: the child broke the framing; the runner kills it
+EXITED = ord("Z")  # CBOR {pid, exit, signal, cpu_ms}: the child was reaped
+# child -> host -> runner (forwarded unchanged)
+RPC = ord("Q")  # CBOR {op, ...}
+RESULT = ord("O")  # CBOR result map (see _child.execute)
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a well-formed frame within bounds."""
+
+
+def pack(kind: int, payload: bytes = b"") -> bytes:
+    return _HEADER.pack(len(payload), kind) + payload
+
+
+def write_frame(fd: int, kind: int, payload: bytes = b"") -> None:
+    """Write one whole frame to a blocking fd (raises BrokenPipeError if the reader is gone)."""
+    view = memoryview(pack(kind, payload)) if len(payload) < 65536 else None
+    if view is not None:
+        while view:
+            view = view[os.write(fd, view) :]
+        return
+    # Large payloads: avoid copying them into one buffer with the header.
+    parts = [memoryview(_HEADER.pack(len(payload), kind)), memoryview(payload)]
+    while parts:
+        written = os.writev(fd, parts)
+        while parts and written >= len(parts[0]):
+            written -= len(parts[0])
+            parts.pop(0)
+        if parts and written:
+            parts[0] = parts[0][written:]
+
+
+class FrameReader:
+    """Incremental frame parser for one fd. `limit` caps a frame's payload length.
+
+    `fill()` does at most one read, so a caller multiplexing with select never blocks on a peer
+    that sent half a frame. `read(deadline)` blocks (up to a monotonic deadline) for a whole frame.
+    """
+
+    __slots__ = ("_buf", "eof", "fd", "limit")
+
+    def __init__(self, fd: int, limit: int) -> None:
+        self.fd = fd
+        self.limit = limit
+        self._buf = bytearray()
+        self.eof = False
+
+    def fill(self) -> None:
+        chunk = os.read(self.fd, 1 << 20)
+        if not chunk:
+            self.eof = True
+        self._buf += chunk
+
+    def next(self) -> tuple[int, bytes] | None:
+        """The next complete frame already buffered, or None."""
+        if len(self._buf) < HEADER_SIZE:
+            return None
+        length, kind = _HEADER.unpack_from(self._buf)
+        if length > self.limit:
+            raise ProtocolError(f"frame of {length} bytes exceeds the limit of {self.limit}")
+        end = HEADER_SIZE + length
+        if len(self._buf) < end:
+            return None
+        payload = bytes(self._buf[HEADER_SIZE:end])
+        del self._buf[:end]
+        return kind, payload
+
+    def read(self, deadline: float | None = None) -> tuple[int, bytes] | None:
+        """Block for the next frame. None at a clean EOF; TimeoutError past the deadline."""
+        while True:
+            frame = self.next()
+            if frame is not None:
+                return frame
+            if self.eof:
+                if self._buf:
+                    raise ProtocolError(f"EOF inside a frame ({len(self._buf)} bytes buffered)")
+                return None
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not select.select([self.fd], [], [], remaining)[0]:
+                    raise TimeoutError
+            self.fill()
