@@ -256,7 +256,7 @@ def create_app(node: Node, *, rate: float = 5000.0, burst: float = 10000.0) -> A
             "time_ms": head.time_ms,
             "runtime_version": head.runtime_version,
             "mempool": len(node.mempool),
-            "workers_attested": 0,
+            "workers_attested": await run_in_threadpool(_workers_attested),
             "role": "evm" if node.evm is not None else "sequencer" if node.is_sequencer else "follower",
             "ordering": node.ordering,
             "halted": node.halted,
@@ -279,6 +279,11 @@ def create_app(node: Node, *, rate: float = 5000.0, burst: float = 10000.0) -> A
             }
             for h, o in found.items()
         }
+
+    def _workers_attested() -> int:
+        state = State(node.view)
+        registry, head = node.runtime.registry, node.store.head()
+        return sum(1 for w in registry.worker_ids(state) if registry.is_attested(state, w, head.time_ms))
 
     def _block_json(height: int) -> dict[str, Any] | None:
         block = node.store.block(height)

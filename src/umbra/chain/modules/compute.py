@@ -5,8 +5,8 @@ scheduler gives each contract's oldest waiting job to `replicas` distinct eligib
 least loaded first, ties broken by SHA-256(parent block hash || job || worker); commands on one
 contract run one at a time, different contracts in parallel. A result is accepted only from an
 assigned, attested worker whose signature holds and whose prev_state_hash is the chain's. A job
-settles when a majority of replicas agree; a missed deadline reassigns the job and marks the
-worker unresponsive.
+settles when a majority of replicas agree; a missed deadline reassigns the job to another worker,
+marks the silent worker unresponsive and slashes it `slash_missed_deadline`.
 """
 
 from __future__ import annotations
@@ -145,6 +145,7 @@ class Compute(Module):
             "input_hash": codec.sha256(sealed_input),
             "reply_pk": reply_pk,
             "max_fee": max_fee,
+            "fee": min_fee,  # fixed at request: a later job_fee change never exceeds the escrow
             "value": value,
             "replicas": replicas,
             "distinct": distinct,
@@ -173,6 +174,7 @@ class Compute(Module):
             input_hash=record["input_hash"],
             reply_pk=reply_pk,
             replicas=replicas,
+            value=value,
         )
 
     def _mark_waiting(self, state: State, contract: bytes) -> None:
@@ -203,13 +205,16 @@ class Compute(Module):
     ) -> list[bytes] | None:
         excluded = set(job.get("excluded", []))
 
-        def rank(record: dict[str, Any]) -> tuple[int, int, bytes]:
-            # Least load first; among equals the better reputation; then a hash no one can steer.
+        def rank(record: dict[str, Any]) -> tuple[bool, int, int, bytes]:
+            # Workers that missed this job's deadline last (they are eligible again, so the job
+            # never waits forever for one that is not); then least load first; among equals the
+            # better reputation; then a hash no one can steer.
             tie = codec.sha256(block.parent_hash + job["id"] + record["id"])
-            return (self.load.get(block.state, record["id"], 0), -record["score"], tie)
+            load = self.load.get(block.state, record["id"], 0)
+            return (record["id"] in excluded, load, -record["score"], tie)
 
         chosen: list[dict[str, Any]] = []
-        for record in sorted((c for c in candidates if c["id"] not in excluded), key=rank):
+        for record in sorted(candidates, key=rank):
             if job["distinct"] == "operators" and any(c["operator"] == record["operator"] for c in chosen):
                 continue
             if job["distinct"] == "tee_types" and any(c["platform"] == record["platform"] for c in chosen):
@@ -287,9 +292,15 @@ class Compute(Module):
                 self.deadlines.delete(block.state, key)
                 continue
             silent = [w for w in job["workers"] if w not in job["results"]]
+            penalty = int(self.rt.system.param(block.state, "slash_missed_deadline"))
             for worker in silent:
                 self.rt.registry.mark_unresponsive(
                     block, worker, f"missed the deadline of job {job['id'].hex()}"
+                )
+                self.rt.staking.record_outcome(block, worker, "missed")
+                evidence = {"job": job["id"], "deadline_height": job["deadline_height"]}
+                self.rt.staking.slash(
+                    block, worker, penalty, "missed a job deadline", evidence, beneficiary=job["requester"]
                 )
             self._release(block.state, job)
             if job["attempts"] >= MAX_ATTEMPTS:
@@ -383,6 +394,16 @@ class Compute(Module):
             "bad_result",
             "transfers are [[account, amount > 0], ...]",
         )
+        events = body["events"]
+        self.ensure(
+            isinstance(events, list)
+            and all(
+                isinstance(e, dict) and set(e) == {"name", "data"} and isinstance(e["name"], str)
+                for e in events
+            ),
+            "bad_result",
+            "events are [{name, data}, ...]",
+        )
         job["results"][worker] = {
             "body": body,
             "signature": signature,
@@ -401,10 +422,12 @@ class Compute(Module):
         body = job["results"][worker]["body"]
         job["results"][worker]["state_blob"] = None
         self.jobs.set(ctx.state, job["id"], job)
-        settled = job.get("verdict_key")
-        if job["status"] == SETTLED and settled is not None and self._verdict_key(body) != settled:
+        settled = job.get("verdict_key")  # set by _settle, whether the agreed result failed or not
+        if settled is None:
+            return
+        if self._verdict_key(body) != settled:
             self._slash_dissent(ctx, job, worker, job["outcome"]["output_commitment"])
-        elif job["status"] == SETTLED:
+        else:
             self.rt.staking.record_outcome(ctx, worker, "completed")
 
     def _slash_dissent(self, ctx: CallContext, job: dict[str, Any], worker: bytes, majority: bytes) -> None:
@@ -495,7 +518,7 @@ class Compute(Module):
                     )
         if failed:
             balances.unreserve(ctx.state, job["requester"], job["value"])
-        fee = self._param(ctx.state, "job_fee", 10) * job["replicas"]
+        fee = int(job["fee"])
         cut = fee * int(self.rt.system.param(ctx.state, "treasury_cut_ppm")) // 1_000_000
         share = (fee - cut) // len(agreeing)
         for worker in agreeing:

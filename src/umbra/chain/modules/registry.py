@@ -197,6 +197,8 @@ class Registry(Module):
         }
         if existing is not None and existing["ecdh_pk"] != ecdh_pk:
             self.fail("bad_key", "re-attestation must keep the registered ECDH key")
+        if existing is not None and existing["role"] != role:
+            self.fail("bad_role", f"re-attestation must keep the registered role {existing['role']!r}")
         self.workers.set(ctx.state, identity_pk, record)
         if existing is None:
             self.all_workers.set(ctx.state, [*self.worker_ids(ctx.state), identity_pk])
@@ -270,7 +272,7 @@ class Registry(Module):
             record["operator"] == operator, "not_operator", "only the worker's operator sends its heartbeat"
         )
         self.ensure(
-            ctx.height - 20 <= height <= ctx.height,
+            ctx.height - int(self.settings.get(ctx.state)["heartbeat_blocks"]) <= height <= ctx.height,
             "stale_heartbeat",
             "heartbeat names a height too far from now",
         )
