@@ -88,6 +88,11 @@ class Keys(Module):
             record["operator"] == operator, "not_operator", "only the gatekeeper's operator may post for it"
         )
         self.ensure(
+            operator in self.operators.get(ctx.state),
+            "not_gatekeeper_operator",
+            "the worker's operator is not a gatekeeper operator elected by the council",
+        )
+        self.ensure(
             record["role"] == "gatekeeper", "not_gatekeeper", "the worker is not registered as a gatekeeper"
         )
         self.ensure(
@@ -187,7 +192,13 @@ class Keys(Module):
         self._check_signature("umbra/handover/v1", body, signature, gatekeeper)
         self.handovers.set(ctx.state, key, {"ciphertext": ciphertext, "gatekeeper": gatekeeper})
         assert target is not None
-        if target["role"] == "gatekeeper" and epoch == self.current_epoch(ctx.state):
+        # Only an elected operator's gatekeeper joins the set; anyone may register a worker with
+        # role "gatekeeper", and gatekeepers hand the key to every attested worker.
+        if (
+            target["role"] == "gatekeeper"
+            and target["operator"] in self.operators.get(ctx.state)
+            and epoch == self.current_epoch(ctx.state)
+        ):
             members = self.gatekeepers.get(ctx.state)
             if worker not in members:
                 self.gatekeepers.set(ctx.state, [*members, worker])

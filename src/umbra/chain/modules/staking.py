@@ -129,8 +129,9 @@ class Staking(Module):
         record = self.rt.registry.worker(state, worker)
         if pool["stopped"] or record is None or record["status"] != "active":
             return 0
-        locked: int = min(pool["stake"], self._params(state)["min_stake"])
-        return locked
+        # Below min_stake the worker gets no jobs anyway: nothing is worth holding delegators for.
+        min_stake = self._params(state)["min_stake"]
+        return min_stake if pool["stake"] >= min_stake else 0
 
     # ---- calls ---------------------------------------------------------------------------------
     @call()
@@ -177,10 +178,15 @@ class Staking(Module):
         self.ensure(pool is not None, "no_pool", "this worker has no pool")
         assert pool is not None
         self.ensure(amount >= 1, "bad_amount", "amount must be at least 1")
-        self.rt.balances.transfer_free(ctx.state, who, pool_account(worker), amount)
-        minted = (
-            amount if pool["shares"] == 0 or pool["stake"] == 0 else amount * pool["shares"] // pool["stake"]
+        # Shares of a pool slashed to nothing are worthless; new stake must not buy into them
+        # at a price that hands it to the old holders.
+        self.ensure(
+            pool["shares"] == 0 or pool["stake"] > 0,
+            "pool_wiped",
+            "this pool lost its whole stake to slashes and takes no new stake",
         )
+        self.rt.balances.transfer_free(ctx.state, who, pool_account(worker), amount)
+        minted = amount if pool["shares"] == 0 else amount * pool["shares"] // pool["stake"]
         self.ensure(minted > 0, "bad_amount", "amount is too small to buy a share")
         pool["stake"] += amount
         pool["shares"] += minted
@@ -340,7 +346,8 @@ class Staking(Module):
                 continue
             work = 2 * self.epoch_jobs.get(block.state, worker, 0) * self.score(block.state, worker)
             weights.append((worker, math.isqrt(pool["stake"] ** 2 + work**2)))
-            self.epoch_jobs.delete(block.state, worker)
+        for key, _jobs in list(self.epoch_jobs.items(block.state)):  # every count is for this epoch only
+            self.epoch_jobs.delete(block.state, key)
         total = sum(w for _, w in weights)
         if budget <= 0 or total == 0:
             return
@@ -352,7 +359,9 @@ class Staking(Module):
     def _reward_pool(self, block: BlockContext, worker: bytes, reward: int) -> None:
         pool = self.pool(block.state, worker)
         assert pool is not None
-        commission = reward * pool["commission_ppm"] // PPM
+        # A pool without shares has no delegators to credit: its owner takes the whole reward
+        # (else the next delegator would buy it for nothing).
+        commission = reward if pool["shares"] == 0 else reward * pool["commission_ppm"] // PPM
         self.rt.balances.transfer_free(block.state, TREASURY, pool["owner"], commission)
         self.rt.balances.transfer_free(block.state, TREASURY, pool_account(worker), reward - commission)
         pool["stake"] += reward - commission
