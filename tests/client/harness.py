@@ -24,6 +24,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from tests.client.spec_enclave import CHAIN_ID, SpecContract
+from tests.node.conftest import ChainFiles, serve_node
 from umbra import RUNTIME_VERSION, codec, crypto
 from umbra.chain.modules.registry import binding_fields
 from umbra.chain.state import State
@@ -32,9 +34,6 @@ from umbra.enclave.keytree import MasterKey
 from umbra.node.service import BlockNotice, Node
 from umbra.tee._sim import SimAuthority, SimPlatform
 from umbra.tee.policy import Policy, report_data_binding
-
-from tests.client.spec_enclave import CHAIN_ID, SpecContract
-from tests.node.conftest import ChainFiles, serve_node
 
 ENDOWMENT = 10**12
 MEASUREMENT = codec.sha256(b"client-test-measurement")
@@ -99,7 +98,9 @@ class Network:
         return SpecContract.derive(self.master, contract)
 
     def send(self, actor: Actor, module: str, method: str, **args: Any) -> bytes:
-        tx = Tx(CHAIN_ID, actor.operator.public_key, actor.nonce, Call(module, method, args), 1).sign(actor.operator)
+        tx = Tx(CHAIN_ID, actor.operator.public_key, actor.nonce, Call(module, method, args), 1).sign(
+            actor.operator
+        )
         tx_hash = self.node.submit(tx.encode())
         actor.nonce += 1
         return tx_hash
@@ -119,7 +120,14 @@ class Network:
                 body = {"chain_id": CHAIN_ID, "worker": actor.identity.public_key, "height": height}
                 signature = actor.identity.sign("umbra/heartbeat/v1", body)
                 try:
-                    self.send(actor, "registry", "heartbeat", worker=actor.identity.public_key, height=height, signature=signature)
+                    self.send(
+                        actor,
+                        "registry",
+                        "heartbeat",
+                        worker=actor.identity.public_key,
+                        height=height,
+                        signature=signature,
+                    )
                 except Exception as exc:
                     self.errors.append(f"heartbeat: {type(exc).__name__}: {exc}")
         for event in notice.outcome.events:
@@ -134,12 +142,22 @@ class Network:
             body = spec.key_body()
             signature = self.gatekeeper.identity.sign("umbra/contract-key/v1", body)
             args = {k: v for k, v in body.items() if k != "chain_id"}
-            self.send(self.gatekeeper, "keys", "publish_contract_key", gatekeeper=self.gatekeeper.identity.public_key, signature=signature, **args)
+            self.send(
+                self.gatekeeper,
+                "keys",
+                "publish_contract_key",
+                gatekeeper=self.gatekeeper.identity.public_key,
+                signature=signature,
+                **args,
+            )
         elif (module, name) == ("contracts", "ContractStateUpdated"):
             self.current[data["contract"]] = data["state_hash"]
         elif (module, name) == ("compute", "JobAssigned"):
             for actor in self.workers:
-                if actor.identity.public_key in data["workers"] and actor.identity.public_key not in self.down:
+                if (
+                    actor.identity.public_key in data["workers"]
+                    and actor.identity.public_key not in self.down
+                ):
                     self._execute(actor, data["job"], data["state_hash"])
 
     def _execute(self, actor: Actor, job_id: bytes, prev: bytes | None) -> None:
@@ -149,10 +167,16 @@ class Network:
         contract = self.node.runtime.contracts.record(state, job["contract"])
         assert contract is not None
         spec = self.spec(job["contract"])
-        call = spec.open_input(job["sealed_input"], sender=job["requester"], reply_pk=job["reply_pk"], nonce=job["nonce"])
+        call = spec.open_input(
+            job["sealed_input"], sender=job["requester"], reply_pk=job["reply_pk"], nonce=job["nonce"]
+        )
         data = copy.deepcopy(self.states.get((job["contract"], prev), {}))
         try:
-            output, ok, error = run_notes(data, codec.to_hex(job["requester"]), call["method"], call["args"]), True, None
+            output, ok, error = (
+                run_notes(data, codec.to_hex(job["requester"]), call["method"], call["args"]),
+                True,
+                None,
+            )
             new = codec.sha256(codec.encode(data) + job_id)
             self.states[(job["contract"], new)] = data
         except ContractError as exc:
@@ -179,7 +203,11 @@ class Network:
         assert height >= min_height, "the harness never lags: min_height must be <= head"
         data = copy.deepcopy(self.states.get((contract, self.current.get(contract)), {}))
         try:
-            output, ok, error = run_notes(data, codec.to_hex(caller), body["method"], body["args"]), True, None
+            output, ok, error = (
+                run_notes(data, codec.to_hex(caller), body["method"], body["args"]),
+                True,
+                None,
+            )
         except ContractError as exc:
             output, ok, error = None, False, str(exc)
         return spec.query_reply(actor.identity, raw, height=height, ok=ok, output=output, error=error)
@@ -201,7 +229,14 @@ def _serve(network: Network, actor: Actor) -> None:
         def do_GET(self) -> None:
             if self.path == "/info":
                 evidence = network.evidence[actor.identity.public_key]
-                self._reply(200, {"id": codec.to_hex(actor.identity.public_key), "evidence": codec.to_hex(evidence), "endorsements": {}})
+                self._reply(
+                    200,
+                    {
+                        "id": codec.to_hex(actor.identity.public_key),
+                        "evidence": codec.to_hex(evidence),
+                        "endorsements": {},
+                    },
+                )
             else:
                 self._reply(404, {"error": {"code": "not_found", "message": self.path}})
 
@@ -209,7 +244,10 @@ def _serve(network: Network, actor: Actor) -> None:
             doc = json.loads(self.rfile.read(int(self.headers["content-length"])))
             try:
                 reply = network.answer_query(
-                    actor, codec.from_hex(doc["contract"]), codec.from_hex(doc["query"]), doc.get("height") or 0
+                    actor,
+                    codec.from_hex(doc["contract"]),
+                    codec.from_hex(doc["query"]),
+                    doc.get("height") or 0,
                 )
             except Exception as exc:
                 self._reply(400, {"error": {"code": "bad_query", "message": str(exc)}})
@@ -268,7 +306,11 @@ def network(root: Path, *, workers: int = 3) -> Iterator[Network]:
             )
             evidence = platform.evidence(report_data_binding(**fields), at=datetime.now(UTC))
             net.evidence[actor.identity.public_key] = evidence
-            binding = {"operator": actor.operator.public_key, "endpoint": actor.endpoint, "chain_id": CHAIN_ID}
+            binding = {
+                "operator": actor.operator.public_key,
+                "endpoint": actor.endpoint,
+                "chain_id": CHAIN_ID,
+            }
             net.wait_included(
                 net.send(
                     actor,
@@ -287,14 +329,37 @@ def network(root: Path, *, workers: int = 3) -> Iterator[Network]:
         master_body = {"chain_id": CHAIN_ID, "epoch": 0, "master_pk": net.master.public_key}
         gk = gatekeeper.identity
         net.wait_included(
-            net.send(gatekeeper, "keys", "init_master", gatekeeper=gk.public_key, master_pk=net.master.public_key, signature=gk.sign("umbra/master-key/v1", master_body))
+            net.send(
+                gatekeeper,
+                "keys",
+                "init_master",
+                gatekeeper=gk.public_key,
+                master_pk=net.master.public_key,
+                signature=gk.sign("umbra/master-key/v1", master_body),
+            )
         )
         for actor in actors:
             info = codec.encode({"chain_id": CHAIN_ID, "worker": actor.identity.public_key, "epoch": 0})
-            ciphertext = crypto.hpke_seal(actor.ecdh.public_key, codec.encode({"epoch": 0, "master_secret": net.master.secret}), info)
-            body = {"chain_id": CHAIN_ID, "epoch": 0, "worker": actor.identity.public_key, "ciphertext_hash": codec.sha256(ciphertext)}
+            ciphertext = crypto.hpke_seal(
+                actor.ecdh.public_key, codec.encode({"epoch": 0, "master_secret": net.master.secret}), info
+            )
+            body = {
+                "chain_id": CHAIN_ID,
+                "epoch": 0,
+                "worker": actor.identity.public_key,
+                "ciphertext_hash": codec.sha256(ciphertext),
+            }
             net.wait_included(
-                net.send(gatekeeper, "keys", "handover", gatekeeper=gk.public_key, worker=actor.identity.public_key, epoch=0, ciphertext=ciphertext, signature=gk.sign("umbra/handover/v1", body))
+                net.send(
+                    gatekeeper,
+                    "keys",
+                    "handover",
+                    gatekeeper=gk.public_key,
+                    worker=actor.identity.public_key,
+                    epoch=0,
+                    ciphertext=ciphertext,
+                    signature=gk.sign("umbra/handover/v1", body),
+                )
             )
         events: queue.Queue[BlockNotice | None] = queue.Queue()
         live.node.add_listener(events.put)

@@ -27,7 +27,9 @@ class SpecContract:
     epoch: int = 0
 
     @classmethod
-    def derive(cls, master: MasterKey, contract: bytes, *, chain_id: str = CHAIN_ID, epoch: int = 0) -> SpecContract:
+    def derive(
+        cls, master: MasterKey, contract: bytes, *, chain_id: str = CHAIN_ID, epoch: int = 0
+    ) -> SpecContract:
         return cls(master.contract(contract), chain_id, epoch)
 
     @property
@@ -53,7 +55,13 @@ class SpecContract:
     # ---- inputs ------------------------------------------------------------------------------------
     def open_input(self, sealed: bytes, *, sender: bytes, reply_pk: bytes, nonce: int) -> dict[str, Any]:
         info = codec.encode(
-            {"chain_id": self.chain_id, "contract": self.contract, "sender": sender, "reply_pk": reply_pk, "nonce": nonce}
+            {
+                "chain_id": self.chain_id,
+                "contract": self.contract,
+                "sender": sender,
+                "reply_pk": reply_pk,
+                "nonce": nonce,
+            }
         )
         value: dict[str, Any] = codec.decode(crypto.hpke_open(self.keys.ecdh, sealed, info))
         return value
@@ -109,7 +117,9 @@ class SpecContract:
     # ---- queries -----------------------------------------------------------------------------------
     def open_query(self, raw: bytes) -> tuple[dict[str, Any], bytes]:
         """The verified query body and its caller, as a worker core reads them."""
-        info = codec.encode({"chain_id": self.chain_id, "contract": self.contract, "purpose": "umbra/query/v1"})
+        info = codec.encode(
+            {"chain_id": self.chain_id, "contract": self.contract, "purpose": "umbra/query/v1"}
+        )
         inner = codec.decode(crypto.hpke_open(self.keys.ecdh, raw, info))
         body = inner["body"]
         assert set(body) == {"contract", "method", "args", "reply_pk", "expiry_ms"}

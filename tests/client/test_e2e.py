@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,17 +21,17 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.node.conftest import UMBRA, child_env, free_port
 from umbra import codec
 from umbra.client import Client, UmbraError, dev_keys
-
-from tests.node.conftest import UMBRA, child_env, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 READY_TIMEOUT = 240.0
 MARK = "plaintext-marker-e2e-" + os.urandom(6).hex()
+JOBS: list[str] = []  # jobs that carried the marker: their public records are scanned at the end
 
-NOTES = '''
+NOTES = """
 import hashlib
 
 from umbra.contract import Contract, command, query
@@ -63,7 +64,7 @@ class Notes(Contract):
     @query
     def secret_digest(self, ctx, name):
         return hashlib.sha256(ctx.secret(name)).hexdigest()
-'''
+"""
 
 
 @dataclass
@@ -123,7 +124,9 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevNet]:
             if popen.poll() is not None:
                 pytest.fail(f"umbra dev exited early:\n{log.read_text(errors='replace')[-3000:]}")
             if time.monotonic() > deadline:
-                pytest.fail(f"umbra dev not ready in {READY_TIMEOUT:.0f} s:\n{log.read_text(errors='replace')[-3000:]}")
+                pytest.fail(
+                    f"umbra dev not ready in {READY_TIMEOUT:.0f} s:\n{log.read_text(errors='replace')[-3000:]}"
+                )
             time.sleep(0.5)
         net.doc = json.loads((data_dir / "dev.json").read_text())
         yield net
@@ -140,6 +143,7 @@ def test_a_contract_through_the_cli_from_two_accounts(devnet: DevNet, tmp_path: 
 
     code, added = devnet.umbra("call", cid, "add", "--args", json.dumps({"text": MARK}), key="bob")
     assert code == 0 and added["output"] == 1 and added["verified"] is True, added
+    JOBS.append(added["job_id"])
     code, mine = devnet.umbra("query", cid, "mine", key="bob")
     assert code == 0 and mine["output"] == [MARK] and mine["verified"] is True, mine
     assert devnet.umbra("query", cid, "mine", key="alice")[1]["output"] == []
@@ -172,6 +176,41 @@ def test_secrets_and_the_sdk(devnet: DevNet) -> None:
         assert bob.query(cid, "mine", min_height=result.height).output == ["via sdk"]
 
 
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.mark.parametrize(
+    "example",
+    [
+        "counter",
+        "vault",
+        pytest.param(
+            "inference",
+            marks=pytest.mark.xfail(
+                reason="the sandbox cannot load numpy/onnxruntime's native libraries yet (NOTES-for-lead.md)",
+                strict=False,
+            ),
+        ),
+    ],
+)
+def test_an_example_passes_its_own_checks(devnet: DevNet, example: str) -> None:
+    env = {
+        **child_env(),
+        "UMBRA_NODE": devnet.url,
+        "UMBRA_DEV_JSON": str(devnet.data_dir / "dev.json"),
+        "UMBRA_KEY": devnet.keys["alice"],
+    }
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / example / "run.py")],
+        cwd=EXAMPLES.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
 def test_no_plaintext_input_at_rest_or_in_public_replies(devnet: DevNet) -> None:
     """Runs last in this module: it scans the node's public API, then stops the network and scans
     every file under its data dir and every byte it logged."""
@@ -179,6 +218,16 @@ def test_no_plaintext_input_at_rest_or_in_public_replies(devnet: DevNet) -> None
     for height in range(head + 1):
         reply = httpx.get(f"{devnet.url}/blocks/{height}", timeout=10)
         assert MARK not in reply.text, f"block {height} shows the plaintext"
+    for job in JOBS:
+        for encoding in ("json", "cbor"):
+            reply = httpx.get(
+                f"{devnet.url}/state/compute/job", params={"key": job, "encoding": encoding}, timeout=10
+            )
+            assert (
+                reply.status_code == 200 and MARK not in reply.text and MARK.encode().hex() not in reply.text
+            )
+    for worker in devnet.doc["workers"]:
+        assert MARK not in httpx.get(f"{worker['url']}/info", timeout=10).text
     devnet.stop()
     hits = [
         path

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from umbra import codec
-from umbra.client import AsyncClient, Client, Settings, UmbraError, VerificationError
-
 from tests.client.harness import Network, network
+from umbra import codec
+from umbra.client import AsyncClient, ChainEvent, Client, Settings, UmbraError, VerificationError
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -125,7 +125,10 @@ def test_secrets_are_sealed_to_the_contract_and_bound_to_their_name(net: Network
         stored = net.node.runtime.contracts.secrets.get(net.state(), codec.from_hex(cid) + b"api-key")
         assert stored["hash"] == codec.from_hex(receipt["hash"])
         assert MARK.encode() not in stored["sealed"]
-        assert net.spec(codec.from_hex(cid)).open_secret(stored["sealed"], name="api-key") == b"s3cret-" + MARK.encode()
+        assert (
+            net.spec(codec.from_hex(cid)).open_secret(stored["sealed"], name="api-key")
+            == b"s3cret-" + MARK.encode()
+        )
         with pytest.raises(UmbraError) as not_owner:
             bob.upload_secret(cid, "api-key", b"x")
         assert not_owner.value.code == "contracts.not_owner"
@@ -193,10 +196,76 @@ def test_the_cli_drives_a_contract_as_the_interfaces_fix_it(net: Network, tmp_pa
     code, added = umbra(net, keys["bob"], "call", cid, "add", "--args", '{"text": "cli"}')
     assert code == 0 and added["output"] == 1 and added["verified"] is True and len(added["workers"]) == 1  # type: ignore[arg-type]
     code, read = umbra(net, keys["bob"], "query", cid, "mine")
-    assert code == 0 and read["output"] == ["cli"] and read["verified"] is True and isinstance(read["height"], int)
+    assert (
+        code == 0
+        and read["output"] == ["cli"]
+        and read["verified"] is True
+        and isinstance(read["height"], int)
+    )
     code, failed = umbra(net, keys["bob"], "call", cid, "add", "--args", '{"text": "over"}')
     assert code == 1 and "note limit reached" in failed["error"]["message"]  # type: ignore[index]
     code, usage = umbra(net, keys["bob"], "call", cid, "add", "--args", "[1]")
     assert code == 2 and usage["error"]["code"] == "usage"  # type: ignore[index]
     code, secret = umbra(net, keys["alice"], "upload-secret", cid, "token", "--text", "t0ken")
     assert code == 0 and str(secret["hash"]).startswith("0x")
+
+
+def test_blobs_are_sealed_stored_by_hash_and_registered(net: Network) -> None:
+    from umbra import crypto
+
+    with client(net, "alice") as alice:
+        cid = alice.deploy(CODE).contract_id
+        data = b"weights:" + MARK.encode() * 100
+        stored = alice.upload_blob(cid, data)
+        digest = codec.from_hex(str(stored["hash"]))
+        sealed = net.node.store.blob(digest)
+        assert sealed is not None and codec.sha256(sealed) == digest and MARK.encode() not in sealed
+        assert net.node.runtime.contracts.blobs.get(net.state(), codec.from_hex(cid) + digest) == len(sealed)
+        info = codec.encode(
+            {
+                "chain_id": net.spec(codec.from_hex(cid)).chain_id,
+                "contract": codec.from_hex(cid),
+                "purpose": "umbra/blob/v1",
+            }
+        )
+        assert crypto.hpke_open(net.spec(codec.from_hex(cid)).keys.ecdh, sealed, info) == data
+
+
+def test_watch_events_streams_chain_events(net: Network) -> None:
+    import threading
+
+    seen: list[ChainEvent] = []
+    ready = threading.Event()
+
+    def watch() -> None:
+        with client(net, "bob") as bob:
+            for event in bob.watch_events(module="contracts", name="ContractDeployed"):
+                seen.append(event)
+                ready.set()
+                return
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    time.sleep(0.5)  # let the stream subscribe before the deploy
+    with client(net, "alice") as alice:
+        cid = alice.deploy(CODE).contract_id
+    assert ready.wait(30), "no ContractDeployed event arrived on the stream"
+    (event,) = seen
+    assert isinstance(event, ChainEvent)
+    assert (event.module, event.name, event.data["contract"]) == ("contracts", "ContractDeployed", cid)
+    assert event.height > 0
+
+
+def test_the_async_client_streams_events_too(net: Network) -> None:
+    async def main() -> tuple[str, str]:
+        async with AsyncClient(net.url, net.users["alice"]) as alice:
+            stream = alice.watch_events(module="contracts", name="ContractDeployed")
+            waiter = asyncio.ensure_future(stream.__anext__())
+            await asyncio.sleep(0.5)
+            cid = (await alice.deploy(CODE)).contract_id
+            event = await asyncio.wait_for(waiter, 30)
+            await stream.aclose()
+            return str(event.data["contract"]), cid
+
+    streamed, deployed = asyncio.run(main())
+    assert streamed == deployed

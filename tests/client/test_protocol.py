@@ -8,12 +8,11 @@ from typing import Any
 
 import pytest
 
+from tests.client.spec_enclave import CHAIN_ID, SpecContract
 from umbra import codec, crypto
 from umbra.client import VerificationError
 from umbra.client import _protocol as proto
 from umbra.enclave.keytree import MasterKey
-
-from tests.client.spec_enclave import CHAIN_ID, SpecContract
 
 ALICE = crypto.SigningKey(codec.sha256(b"client-test/alice"))
 BOB = crypto.SigningKey(codec.sha256(b"client-test/bob"))
@@ -76,7 +75,11 @@ def test_a_contract_key_signed_by_a_registered_gatekeeper_is_accepted(spec: Spec
     [
         ("unregistered gatekeeper", {"gatekeeper": None}, "unregistered_worker"),
         ("a plain worker signed it", {"gatekeeper": record(GATEKEEPER)}, "unregistered_worker"),
-        ("revoked gatekeeper", {"gatekeeper": record(GATEKEEPER, role="gatekeeper", status="revoked")}, "worker_not_attested"),
+        (
+            "revoked gatekeeper",
+            {"gatekeeper": record(GATEKEEPER, role="gatekeeper", status="revoked")},
+            "worker_not_attested",
+        ),
         ("holds no master key", {"gatekeepers": []}, "bad_contract_key"),
         ("for another contract", {"contract": os.urandom(32)}, "bad_contract_key"),
         ("for another chain", {"chain_id": "umbra-elsewhere"}, "bad_contract_key"),
@@ -101,7 +104,9 @@ def test_a_contract_key_with_a_forged_signature_is_refused(spec: SpecContract) -
 def test_a_sealed_input_opens_for_its_own_request_only(spec: SpecContract) -> None:
     key = contract_key(spec)
     reply = crypto.EcdhKey.generate().public_key
-    sealed = proto.seal_input(key, sender=ALICE.public_key, reply_pk=reply, nonce=7, method="add", args={"text": MARKER})
+    sealed = proto.seal_input(
+        key, sender=ALICE.public_key, reply_pk=reply, nonce=7, method="add", args={"text": MARKER}
+    )
     assert MARKER.encode() not in sealed
     opened = spec.open_input(sealed, sender=ALICE.public_key, reply_pk=reply, nonce=7)
     assert opened == {"method": "add", "args": {"text": MARKER}}
@@ -139,12 +144,19 @@ def test_a_secret_opens_only_under_its_own_name(spec: SpecContract) -> None:
 class Job:
     """A settled job with honest results from `workers`, and the knobs to break one."""
 
-    def __init__(self, spec: SpecContract, workers: tuple[crypto.SigningKey, ...] = (W1,), **outcome: Any) -> None:
+    def __init__(
+        self, spec: SpecContract, workers: tuple[crypto.SigningKey, ...] = (W1,), **outcome: Any
+    ) -> None:
         self.spec = spec
         self.reply = crypto.EcdhKey.generate()
         self.job = os.urandom(32)
         self.sealed_input = proto.seal_input(
-            contract_key(spec), sender=ALICE.public_key, reply_pk=self.reply.public_key, nonce=1, method="m", args={}
+            contract_key(spec),
+            sender=ALICE.public_key,
+            reply_pk=self.reply.public_key,
+            nonce=1,
+            method="m",
+            args={},
         )
         self.outcome = {"ok": True, "output": {"n": 3}, "error": None, **outcome}
         self.workers = workers
@@ -225,7 +237,9 @@ def test_an_unregistered_worker_is_refused(spec: SpecContract) -> None:
         ({"role": "gatekeeper"}, "unregistered_worker"),
     ],
 )
-def test_a_worker_that_was_not_attested_then_is_refused(spec: SpecContract, changes: dict[str, Any], code: str) -> None:
+def test_a_worker_that_was_not_attested_then_is_refused(
+    spec: SpecContract, changes: dict[str, Any], code: str
+) -> None:
     job = Job(spec)
     job.records[W1.public_key] = record(W1, **changes)
     assert refused(job) == code
@@ -281,7 +295,9 @@ def test_a_query_is_signed_by_its_caller_inside_the_seal_and_its_reply_verifies(
     body, caller = spec.open_query(request.raw)
     assert caller == BOB.public_key and body["method"] == "mine" and body["args"] == {"text": MARKER}
     reply = spec.query_reply(W1, request.raw, height=6, ok=True, output=[MARKER], error=None)
-    verified = proto.verify_query_reply(request, reply, worker=record(W1), worker_id=W1.public_key, now_ms=SETTLED_AT)
+    verified = proto.verify_query_reply(
+        request, reply, worker=record(W1), worker_id=W1.public_key, now_ms=SETTLED_AT
+    )
     assert (verified.outcome.output, verified.height, verified.worker) == ([MARKER], 6, W1.public_key)
 
 
@@ -320,7 +336,9 @@ def test_garbage_replies_are_refused_cleanly(spec: SpecContract) -> None:
     ]
     for junk in garbage:
         with pytest.raises(VerificationError):
-            proto.verify_query_reply(request, junk, worker=record(W1), worker_id=W1.public_key, now_ms=SETTLED_AT)
+            proto.verify_query_reply(
+                request, junk, worker=record(W1), worker_id=W1.public_key, now_ms=SETTLED_AT
+            )
 
 
 def test_ids_follow_the_chain() -> None:
@@ -329,3 +347,34 @@ def test_ids_follow_the_chain() -> None:
     assert proto.contract_id(ALICE.public_key, tx, CODE_HASH) == codec.sha256(
         codec.encode({"owner": ALICE.public_key, "tx": tx, "code_hash": CODE_HASH})
     )
+
+
+@pytest.mark.parametrize(
+    ("plaintext", "expected"),
+    [
+        ({"ok": True, "output": 5}, proto.Outcome(True, 5, None)),
+        ({"ok": True, "output": 5, "error": None}, proto.Outcome(True, 5, None)),  # the doc's full form
+        ({"ok": False, "error": "boom"}, proto.Outcome(False, None, "boom")),
+        ({"ok": False, "output": None, "error": "boom"}, proto.Outcome(False, None, "boom")),
+        ({"ok": True, "output": 5, "error": "boom"}, None),
+        ({"ok": False, "output": 5, "error": "boom"}, None),
+        ({"ok": False, "error": 7}, None),
+        ({"ok": 1, "output": 5}, None),
+        ({"ok": True}, None),
+        ({"ok": True, "output": 5, "extra": 1}, None),
+    ],
+)
+def test_sealed_outputs_open_only_in_their_two_forms(
+    plaintext: dict[str, Any], expected: proto.Outcome | None
+) -> None:
+    reply, job = crypto.EcdhKey.generate(), os.urandom(32)
+    sealed = crypto.hpke_seal(
+        reply.public_key,
+        codec.encode({**plaintext, "k_job": os.urandom(32)}),
+        codec.encode({"chain_id": CHAIN_ID, "job": job}),
+    )
+    if expected is None:
+        with pytest.raises(VerificationError):
+            proto.open_output(reply, sealed, chain_id=CHAIN_ID, job=job)
+    else:
+        assert proto.open_output(reply, sealed, chain_id=CHAIN_ID, job=job)[0] == expected

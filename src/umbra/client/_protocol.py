@@ -284,11 +284,21 @@ def _decode_map(data: bytes, what: str) -> dict[str, Any]:
 
 
 def _outcome(value: Mapping[str, Any], what: str, extra: frozenset[str] = frozenset()) -> Outcome:
-    """`{ok: true, output}` or `{ok: false, error}` (plus `extra` fields), nothing else."""
+    """`{ok: true, output}` or `{ok: false, error}` (plus `extra` fields).
+
+    The core sends only the field that applies; docs/protocol.md lists both, the other one null.
+    Either form means the same, so both are accepted, and nothing else is.
+    """
     ok = value.get("ok")
-    if ok is True and set(value) == {"ok", "output"} | extra:
+    fields = set(value) - extra
+    if ok is True and {"ok", "output"} <= fields <= {"ok", "output", "error"} and value.get("error") is None:
         return Outcome(True, value["output"], None)
-    if ok is False and set(value) == {"ok", "error"} | extra and isinstance(value["error"], str):
+    if (
+        ok is False
+        and {"ok", "error"} <= fields <= {"ok", "output", "error"}
+        and isinstance(value["error"], str)
+        and value.get("output") is None
+    ):
         return Outcome(False, None, value["error"])
     raise VerificationError("bad_reply", f"{what} is neither {{ok: true, output}} nor {{ok: false, error}}")
 

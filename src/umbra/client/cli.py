@@ -515,7 +515,11 @@ SimMeasurementOpt = Annotated[str | None, typer.Option("--sim-measurement", hidd
 SimDebugOpt = Annotated[bool, typer.Option("--sim-debug", hidden=True)]
 FaultOpt = Annotated[
     str | None,
-    typer.Option("--fault", help="chaos tests: stall | wrong-output (sim only) | crash-after:N"),
+    typer.Option(
+        "--fault",
+        help="chaos tests: stall | wrong-output (sim only) | crash-after:N; adversarial tests (a malicious "
+        "host): forge-signature | steal-job | replay-result | stale-state | forge-blocks",
+    ),
 ]
 
 
