@@ -184,13 +184,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
     [
         "counter",
         "vault",
-        pytest.param(
-            "inference",
-            marks=pytest.mark.xfail(
-                reason="the sandbox cannot load numpy/onnxruntime's native libraries yet (NOTES-for-lead.md)",
-                strict=False,
-            ),
-        ),
+        "inference",
     ],
 )
 def test_an_example_passes_its_own_checks(devnet: DevNet, example: str) -> None:

@@ -158,8 +158,9 @@ def _reseed_global_generators(seed: bytes) -> None:
     # draw the same "random" numbers. Seeding from the job seed also keeps replicas in agreement.
     derived = hashlib.sha256(b"umbra/global-random/v1\x00" + seed).digest()
     random.seed(int.from_bytes(derived, "big"))  # an int seeds MT directly, the same everywhere
-    numpy = sys.modules.get("numpy")
-    legacy = getattr(getattr(numpy, "random", None), "seed", None)
+    # Only if the contract loaded it: numpy imports `random` lazily, and a job cannot import.
+    numpy_random = sys.modules.get("numpy.random")
+    legacy = getattr(numpy_random, "seed", None)
     if callable(legacy):
         legacy(int.from_bytes(derived[:4], "big"))
 

@@ -1,15 +1,15 @@
 """The warm parent: one process per contract, started by ContractRunner as
-`python -P -s -B -m umbra.contract._host`, speaking _wire frames on its stdin and stdout.
+`python -P -s -B -m umbra.contract._host`, speaking _wire frames on stdin/stdout.
 
 Lifecycle: read LOAD; import the SDK and common modules; confine itself (_sandbox: the host
-layer); only then run the contract module's code; report READY. Then, per job, hand the job to a
-*spare* child forked earlier from this process, which never ran a job, so nothing leaks from one
-caller to the next; relay the child's RPCs to the runner and its result back; reap it; fork the
-next spare while idle. Forking ahead keeps fork, page-table copy and the child's confinement off
-the job's latency path (about 0.7 ms here, more for a big host).
-
-The host never sees a job's plaintext in decoded form: it forwards the job body, RPCs and results
-as opaque frames. It cannot signal any process (seccomp), so wall-time kills come from the runner.
+layer); only then run the contract module's code; report READY. From then on it keeps two *spare*
+children ready: forked from this process, which never runs a job, so nothing leaks from one caller
+to the next. For each spare it makes the job pipes, forks, and hands the runner's ends to the runner
+over an inherited unix socket (SCM_RIGHTS), keeping no copy. The runner then talks to the child
+directly: the host is never on a job's path (no relay hop, no wakeup, and its forks cannot stall
+a job), and never holds a job's bytes. It reaps children and reports their exits (EXITED), and
+forks a replacement whenever a spare is used up. It cannot signal any process (seccomp), so
+wall-time kills come from the runner.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ import os
 import resource
 import select
 import signal
+import socket
 import sys
-import time
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from umbra.contract import _sandbox, _values, _wire
@@ -89,17 +88,8 @@ PRELOAD = (
     "zlib",
 )
 MODULE_NAME = "umbra_contract_module"
-# A job still running after this long gets the next job's spare forked beside it.
-_FORK_AHEAD_S = 0.001
+SPARES = 2  # children kept ready: one for the next job while the one before may still be running
 _fork = os.fork  # the host's own; contract code sees a guard instead (_sandbox.guard_process_functions)
-
-
-@dataclass(slots=True)
-class _Spare:
-    pid: int
-    job_w: int
-    result_r: int
-    generation: int
 
 
 def _import_roots() -> list[str]:
@@ -112,6 +102,14 @@ def _import_roots() -> list[str]:
         if real != "/":  # never the whole file system, whatever PYTHONPATH says
             roots[real] = None
     return list(roots)
+
+
+def _loader_paths() -> list[str]:
+    """What the dynamic loader reads when a contract imports a native extension (numpy's
+    libstdc++, onnxruntime's libgomp): its cache and the system library directories. Read-only,
+    like the import path, and only for the warm host, which imports the contract module."""
+    candidates = ("/etc/ld.so.cache", "/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib")
+    return [os.path.realpath(p) for p in candidates if os.path.exists(p)]
 
 
 def _rehearsal_body() -> bytes:
@@ -170,11 +168,8 @@ class Host:
         self.reader = _wire.FrameReader(proto_in, 1 << 31)
         self.out = proto_out
         self.blobs: dict[bytes, bytes] = {}
-        self.generation = 0
-        self.spare: _Spare | None = None
-        self.children: dict[int, str] = {}  # pid -> "spare" | "job" | "discarded"
-        self.exits: dict[int, dict[str, Any]] = {}  # reaped but not yet reported
-        self.relaying: int | None = None
+        self.generation = 0  # of the blob cache; the runner counts the same changes
+        self.spares: dict[int, int] = {}  # spares not yet taken by the runner -> blob generation
         # SIGCHLD wakes the select loops through this pipe, so children are reaped without blocking.
         self.wake_r, wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -193,6 +188,7 @@ class Host:
         contract: bytes = request["contract"]
         limits: dict[str, int] = request["limits"]
         self.limits = limits
+        self.spare_socket = socket.socket(fileno=request["spare_fd"])
         for name in PRELOAD:
             importlib.import_module(name)
         self.status_fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
@@ -233,7 +229,9 @@ class Host:
             abi = _sandbox.landlock_abi() if use_landlock else 0
             self.child_landlock = -1
             if abi:
-                host_rules = _sandbox.landlock_ruleset(abi, [*_import_roots(), *_sandbox.HARMLESS_READ_PATHS])
+                host_rules = _sandbox.landlock_ruleset(
+                    abi, [*_import_roots(), *_loader_paths(), *_sandbox.HARMLESS_READ_PATHS]
+                )
                 _sandbox.landlock_restrict(host_rules)
                 os.close(host_rules)
                 self.child_landlock = _sandbox.landlock_ruleset(abi, _sandbox.HARMLESS_READ_PATHS)
@@ -251,9 +249,9 @@ class Host:
             rlimits=("cpu", "data", "as", "fsize", "nofile", "core"),
         )
 
-    # ---- jobs ------------------------------------------------------------------------------------
+    # ---- spares ----------------------------------------------------------------------------------
 
-    def _fork_spare(self) -> _Spare:
+    def _fork_spare(self) -> None:
         data_kib, size_kib = _vm_kib(self.status_fd)
         memory = self.limits["memory"]
         limits = ChildLimits(
@@ -276,19 +274,25 @@ class Host:
                 os._exit(70)
         os.close(job_r)
         os.close(result_w)
-        self.children[pid] = "spare"
-        return _Spare(pid, job_w, result_r, self.generation)
+        self.spares[pid] = self.generation
+        try:
+            message = _values.encode({"pid": pid, "generation": self.generation}, what="spare")
+            socket.send_fds(self.spare_socket, [message], [job_w, result_r])
+        finally:
+            # The runner now holds the only other ends: the host can neither read a job nor write
+            # a result.
+            os.close(job_w)
+            os.close(result_r)
 
-    def _discard(self, spare: _Spare) -> None:
-        os.close(spare.job_w)  # the spare reads EOF and exits; _reap collects it
-        os.close(spare.result_r)
-        self.children[spare.pid] = "discarded"
+    def _top_up(self) -> None:
+        """Keep SPARES untaken children of the current blob generation ready."""
+        while sum(1 for generation in self.spares.values() if generation == self.generation) < SPARES:
+            self._fork_spare()
 
     def _send(self, kind: int, message: Any) -> None:
         _wire.write_frame(self.out, kind, _values.encode(message, what="message"))
 
     def _reap(self) -> None:
-        """Collect exited children; report job children once their frames are all relayed."""
         while True:
             try:
                 pid, status, usage = os.wait4(-1, os.WNOHANG)
@@ -296,125 +300,47 @@ class Host:
                 return
             if pid == 0:
                 return
-            info = {
-                "pid": pid,
-                "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-                "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
-                "cpu_ms": int((usage.ru_utime + usage.ru_stime) * 1000),
-            }
-            role = self.children.pop(pid, None)
-            if role == "job" and pid != self.relaying:
-                self._send(_wire.EXITED, info)
-            elif role in ("job", "spare"):
-                self.exits[pid] = info  # reported after its relay ends (or when it is dispatched)
+            self.spares.pop(pid, None)
+            self._send(
+                _wire.EXITED,
+                {
+                    "pid": pid,
+                    "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+                    "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+                    "cpu_ms": int((usage.ru_utime + usage.ru_stime) * 1000),
+                },
+            )
 
     def loop(self) -> NoReturn:
         while True:
-            if self.spare is None:
-                self.spare = self._fork_spare()
+            self._top_up()
             frame = self.reader.next()
             if frame is None:
                 if self.reader.eof:
-                    self._exit()
+                    os._exit(0)  # the runner is gone; PDEATHSIG takes the children with us
                 readable, _, _ = select.select([self.reader.fd, self.wake_r], [], [])
                 if self.wake_r in readable:
-                    self._drain_wakeups()
+                    with contextlib.suppress(BlockingIOError):
+                        while os.read(self.wake_r, 4096):
+                            pass
+                    self._reap()
                 if self.reader.fd in readable:
                     self.reader.fill()
                 continue
             kind, payload = frame
+            if kind == _wire.TAKEN:
+                self.spares.pop(_values.decode(payload, what="taken"), None)
+                continue
             if kind == _wire.BLOB:
                 item = _values.decode(payload, what="blob")
                 self.blobs[item["key"]] = item["data"]
-                self.generation += 1
             elif kind == _wire.DROP:
                 for key in _values.decode(payload, what="blob keys"):
                     self.blobs.pop(key, None)
-                self.generation += 1
-            elif kind == _wire.JOB:
-                self._run(payload)
             else:
-                self._exit()
-
-    def _drain_wakeups(self) -> None:
-        try:
-            while os.read(self.wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        self._reap()
-
-    def _exit(self) -> NoReturn:
-        os._exit(0)  # children die with us (PDEATHSIG)
-
-    def _run(self, body: bytes) -> None:
-        spare, self.spare = self.spare, None
-        assert spare is not None
-        if spare.generation != self.generation:
-            self._discard(spare)  # forked before the blob cache changed: it lacks this job's blobs
-            spare = self._fork_spare()
-        self.children[spare.pid] = "job"
-        self.relaying = spare.pid
-        # If it died (or failed to confine itself), its result pipe says why.
-        with contextlib.suppress(BrokenPipeError):
-            _wire.write_frame(spare.job_w, _wire.JOB, body)
-        self._send(_wire.STARTED, {"pid": spare.pid})
-        limits = self.limits
-        frame_limit = max(
-            limits["output_bytes"] + limits["state_bytes"] + limits["event_bytes"],
-            limits["http_body_bytes"],
-        ) + (1 << 20)
-        child = _wire.FrameReader(spare.result_r, frame_limit)
-        try:
-            self._relay(spare, child, time.monotonic() + _FORK_AHEAD_S)
-        except _wire.ProtocolError as exc:
-            self._send(_wire.VIOLATION, f"the job process broke the sandbox protocol: {exc}")
-        os.close(spare.job_w)
-        os.close(spare.result_r)
-        self.relaying = None
-        info = self.exits.pop(spare.pid, None)
-        if info is not None:
-            self._send(_wire.EXITED, info)
-
-    def _relay(self, spare: _Spare, child: _wire.FrameReader, fork_at: float) -> None:
-        """Forward the child's frames to the runner and the runner's replies to the child, until the
-        child's result (or EOF: it died). Fork the next spare at `fork_at` if the job is still
-        running then; a fork stalls this loop (and makes the host's next writes fault), so a short
-        job's result goes out first and the loop top forks after it."""
-        while True:
-            frame = self.reader.next()
-            if frame is not None:
-                if frame[0] != _wire.REPLY:
-                    self._exit()  # the runner only replies during a job; anything else means shutdown
-                with contextlib.suppress(BrokenPipeError):
-                    _wire.write_frame(spare.job_w, _wire.REPLY, frame[1])
-                continue
-            if self.reader.eof:
-                self._exit()  # the runner is gone; PDEATHSIG takes the child with us
-            frame = child.next()
-            if frame is not None:
-                kind, payload = frame
-                if kind not in (_wire.RPC, _wire.RESULT):
-                    raise _wire.ProtocolError(f"unexpected frame kind {kind}")
-                _wire.write_frame(self.out, kind, payload)
-                if kind == _wire.RESULT:
-                    return
-                continue
-            if child.eof:
-                return
-            timeout = None
-            if self.spare is None:
-                timeout = fork_at - time.monotonic()
-                if timeout <= 0:
-                    self.spare = self._fork_spare()
-                    continue
-            readable, _, _ = select.select([self.reader.fd, child.fd, self.wake_r], [], [], timeout)
-            if self.wake_r in readable:
-                self._drain_wakeups()
-            if self.reader.fd in readable:
-                self.reader.fill()
-            if child.fd in readable:
-                child.fill()
+                os._exit(0)  # EXIT, or anything unexpected
+            # Spares forked before this change lack it: the runner discards them, we fork anew.
+            self.generation += 1
 
 
 def main() -> NoReturn:
@@ -438,7 +364,10 @@ def main() -> NoReturn:
         )
         os._exit(0)
     host._send(_wire.READY, {"info": host.info, "protections": host.protections.to_dict()})
-    host.loop()
+    try:
+        host.loop()
+    except BaseException:
+        os._exit(1)  # the runner sees EOF and starts a new host
 
 
 if __name__ == "__main__":
