@@ -18,16 +18,20 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from umbra import codec, crypto
 from umbra.chain.modules.contracts import MAX_INLINE_STATE
 from umbra.chain.types import GenesisConfig
 from umbra.client._node import NodeClient, UmbraError
 from umbra.enclave.transport import CoreError, CoreTransport
+from umbra.worker._faults import HOST_FAULTS, Malice
 from umbra.worker.submitter import Submitter, TxFailed
 
 __all__ = ["DutyHook", "Host", "HostConfig", "HostError", "RegistrationRefused"]
@@ -37,6 +41,8 @@ log = logging.getLogger("umbra.worker")
 _SYNC_BATCH = 200
 _SYNC_BYTES = 8 * 1024 * 1024
 _IN_FLIGHT_S = 12.0  # a posted duty is not repeated for this long (its tx is on its way)
+_STATE_CACHE_BYTES = 64 * 1024 * 1024  # sealed contract states kept by hash (queries, next jobs)
+_IDLE_POLL_S = 1.0  # with the node's event stream waking the loop, the poll is only a fallback
 
 
 class HostError(UmbraError):
@@ -49,7 +55,7 @@ class RegistrationRefused(HostError):
 
 DutyHook = Callable[["Host", dict[str, Any]], None]
 
-FAULTS = ("stall", "wrong-output", "crash-after:N")
+FAULTS = ("stall", "wrong-output", "crash-after:N", *HOST_FAULTS)
 
 
 def _crash_after(fault: str | None) -> int | None:
@@ -60,7 +66,7 @@ def _crash_after(fault: str | None) -> int | None:
 
 def check_fault(fault: str | None) -> None:
     """Refuse an unknown --fault value (a usage error)."""
-    if fault is None or fault in ("stall", "wrong-output"):
+    if fault is None or fault in ("stall", "wrong-output", *HOST_FAULTS):
         return
     if fault.startswith("crash-after:") and fault.partition(":")[2].isdigit():
         return
@@ -79,7 +85,8 @@ class HostConfig:
     state_dir: Path | None = None
     attest_urls: tuple[str, ...] = ()
     # Chaos testing: "stall" (take jobs, never answer) or "crash-after:N" (die after N results).
-    # A lying enclave ("wrong-output") is the core's fault flag, not the host's.
+    # A lying enclave ("wrong-output") is the core's fault flag, not the host's. The malicious
+    # host behaviours of the adversarial tests are in umbra.worker._faults (HOST_FAULTS).
     fault: str | None = None
     poll_s: float = 0.1
     query_wait_s: float = 10.0
@@ -124,6 +131,14 @@ class Host:
         self._duties: dict[str, Any] = {}
         self._warned: set[str] = set()
         self._code_cache: dict[bytes, bytes] = {}
+        # Sealed states by their hash (content-addressed, so never stale): a query or job on a state
+        # this host has already fetched or produced needs no round trip to the node.
+        self._states: OrderedDict[bytes, bytes] = OrderedDict()
+        self._states_size = 0
+        self._states_lock = threading.Lock()
+        # Set when the node commits a block (its /events stream), so the loop syncs at once.
+        self._wake = threading.Event()
+        self._events_live = False
         self.identity: bytes = b""
         self.init_info: dict[str, Any] = {}
         self.chain_id = ""
@@ -131,6 +146,7 @@ class Host:
         self.fatal: HostError | None = None
         self._results_posted = 0
         self._crash_after = _crash_after(config.fault)
+        self._malice = Malice(config.fault) if config.fault in HOST_FAULTS else None  # tests only
 
     # ---- start-up ------------------------------------------------------------------------------
     def _genesis(self) -> bytes:
@@ -201,6 +217,7 @@ class Host:
 
     def run(self, stop: threading.Event) -> None:
         """Step until `stop` is set or a fatal refusal (kept in `self.fatal`)."""
+        threading.Thread(target=self._follow_events, args=(stop,), name="node-events", daemon=True).start()
         while not stop.is_set():
             try:
                 fed = self.step()
@@ -223,7 +240,35 @@ class Host:
                 stop.wait(1.0)
                 continue
             if not fed:
-                stop.wait(self.config.poll_s)
+                # A new block wakes the loop at once; the poll is the fallback without the stream.
+                idle = max(self.config.poll_s, _IDLE_POLL_S) if self._events_live else self.config.poll_s
+                self._wake.wait(idle)
+                self._wake.clear()
+
+    def _follow_events(self, stop: threading.Event) -> None:
+        """Follow the node's server-sent events and wake the loop on every committed block, so a
+        job assigned in a block starts within milliseconds, not a poll interval later."""
+        while not stop.is_set():
+            try:
+                timeout = httpx.Timeout(10.0, read=60.0)  # the node sends a keep-alive every 15 s
+                with (
+                    httpx.Client(base_url=self.config.node_url, timeout=timeout) as client,
+                    client.stream("GET", "/events") as reply,
+                ):
+                    if reply.status_code != 200:
+                        raise httpx.HTTPError(f"GET /events answered {reply.status_code}")
+                    self._events_live = True
+                    self._wake.set()  # blocks may have come while the stream was down
+                    for line in reply.iter_lines():
+                        if stop.is_set():
+                            return
+                        if line.startswith("event: block"):
+                            self._wake.set()
+            except httpx.HTTPError as exc:
+                log.debug("node event stream: %s", exc)
+            finally:
+                self._events_live = False
+            stop.wait(1.0)
 
     def step(self) -> int:
         fed = self.sync()
@@ -248,17 +293,23 @@ class Host:
             batch = self._attested(reply["blocks"][: len(batch)], batch)
         if not batch:
             return 0
+        if self._malice is not None:
+            batch = self._malice.before_feed(self, batch)
         try:
             result = self.core.call({"op": "feed", "blocks": batch})
         except CoreError as exc:
             if exc.code != "forged_block":
                 raise
             log.error("the node served a block the core refuses: %s", exc.message)
+            if self._malice is not None:
+                self._malice.after_refusal(self, exc)
             status = self.core.call({"op": "status"})
             self._set_height(int(status["height"]))
             time.sleep(1.0)
             return 0
         self._set_height(int(result["height"]))
+        if self._malice is not None:
+            self._malice.after_feed(self, batch)
         for note in result["notes"]:
             if note["kind"] in (
                 "registered",
@@ -493,19 +544,41 @@ class Host:
         """The encrypted state whose hash is `state_hash` (inline in chain state, or a blob)."""
         if state_hash is None:
             return None
+        with self._states_lock:
+            cached = self._states.get(state_hash)
+            if cached is not None:
+                self._states.move_to_end(state_hash)
+                return cached
         record = self._state_value("contracts", "state", contract)
         if (
             record is not None
             and record.get("blob") is not None
             and record.get("state_hash") == codec.to_hex(state_hash)
         ):
-            return codec.from_hex(record["blob"], what="state blob")
-        response = self.client._http.get(f"/blobs/{codec.to_hex(state_hash)}")
-        if response.status_code != 200:
-            raise UmbraError(
-                "no_state", f"state {codec.to_hex(state_hash)} is neither in chain state nor a blob"
-            )
-        return response.content
+            blob = codec.from_hex(record["blob"], what="state blob")
+        else:
+            response = self.client._http.get(f"/blobs/{codec.to_hex(state_hash)}")
+            if response.status_code != 200:
+                raise UmbraError(
+                    "no_state", f"state {codec.to_hex(state_hash)} is neither in chain state nor a blob"
+                )
+            blob = response.content
+        self._keep_state(state_hash, blob)
+        return blob
+
+    def _keep_state(self, state_hash: bytes, blob: bytes) -> None:
+        """Cache a sealed state under its hash, if it is what the hash says (the core checks it
+        again; this only keeps a wrong answer from the node out of the cache)."""
+        if codec.sha256(blob) != state_hash or len(blob) > _STATE_CACHE_BYTES // 4:
+            return
+        with self._states_lock:
+            if state_hash in self._states:
+                return
+            self._states[state_hash] = blob
+            self._states_size += len(blob)
+            while self._states_size > _STATE_CACHE_BYTES:
+                _, dropped = self._states.popitem(last=False)
+                self._states_size -= len(dropped)
 
     def _material(self, contract: bytes, needs: dict[str, Any] | None = None) -> dict[str, Any]:
         """The sealed secrets and blobs the core does not hold yet (ciphertext, from the node)."""
@@ -535,7 +608,10 @@ class Host:
         code = self.contract_code(contract)
         # The state the job runs on is the one the core verified in JobAssigned, not the node's say.
         prev_state = self.core.call({"op": "job", "job": job})["state_hash"]
-        state_blob = self.state_blob(contract, prev_state)
+        if self._malice is None:
+            state_blob = self.state_blob(contract, prev_state)
+        else:
+            state_blob = self._malice.state_for_core(self, contract, prev_state)
         started = time.monotonic()
         result = self.core.call(
             {
@@ -544,9 +620,13 @@ class Host:
                 "code": code,
                 "sealed_input": sealed_input,
                 "state_blob": state_blob,
+                # The owner's secrets and blobs the core does not hold yet, as for queries.
+                **self._material(contract),
             }
         )
         new_blob = result["state_blob"]
+        if new_blob is not None:  # the next job of this contract here most likely runs on it
+            self._keep_state(codec.sha256(new_blob), new_blob)
         if new_blob is not None and len(new_blob) > MAX_INLINE_STATE:
             response = self.client._http.put(
                 f"/blobs/{codec.to_hex(codec.sha256(new_blob))}", content=new_blob
@@ -555,15 +635,15 @@ class Host:
                 raise UmbraError(
                     "blob_store", f"the node did not store the state blob: {response.text[:200]}"
                 )
-        self._post(
-            key,
-            "compute",
-            "submit_result",
-            body=result["body"],
-            signature=result["signature"],
-            sealed_output=result["sealed_output"],
-            state_blob=new_blob,
-        )
+        submit = {
+            "body": result["body"],
+            "signature": result["signature"],
+            "sealed_output": result["sealed_output"],
+            "state_blob": new_blob,
+        }
+        if self._malice is not None:
+            submit = self._malice.result_to_post(job, submit)
+        self._post(key, "compute", "submit_result", **submit)
         self._results_posted += 1
         if self._crash_after is not None and self._results_posted >= self._crash_after:
             log.error("fault injection: crashing after %d results", self._results_posted)
