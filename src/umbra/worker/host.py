@@ -27,7 +27,6 @@ from typing import Any
 import httpx
 
 from umbra import codec, crypto
-from umbra.chain.modules.contracts import MAX_INLINE_STATE
 from umbra.chain.types import GenesisConfig
 from umbra.client._node import NodeClient, UmbraError
 from umbra.enclave.transport import CoreError, CoreTransport
@@ -627,7 +626,9 @@ class Host:
         new_blob = result["state_blob"]
         if new_blob is not None:  # the next job of this contract here most likely runs on it
             self._keep_state(codec.sha256(new_blob), new_blob)
-        if new_blob is not None and len(new_blob) > MAX_INLINE_STATE:
+        # Every new state also goes to the node's blob store: the chain keeps only the current
+        # state inline, and a replica that runs after the majority settled needs the old one.
+        if new_blob is not None:
             response = self.client._http.put(
                 f"/blobs/{codec.to_hex(codec.sha256(new_blob))}", content=new_blob
             )
