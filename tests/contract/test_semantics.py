@@ -82,6 +82,15 @@ def test_method_kind_and_name_errors(counter: ContractRunner) -> None:
     assert ok(counter.run(command("add", state))).output == 2
 
 
+def test_many_jobs_in_a_row_keep_one_warm_host(counter: ContractRunner) -> None:
+    host = counter._proc
+    state: dict[str, Any] = {"n": 0}
+    for _ in range(300):
+        state = ok(counter.run(command("add", state))).new_state or {}
+    assert state == {"n": 300}
+    assert counter._proc is host and host is not None and host.poll() is None
+
+
 def test_a_raising_command_changes_nothing(counter: ContractRunner) -> None:
     outcome = counter.run(command("add", {"n": 1}, args={"by": "x"}))
     error = failed(outcome, "contract", "TypeError")

@@ -8,6 +8,7 @@ import decimal
 import os
 import sys
 import threading
+import time
 import types
 from typing import Any
 
@@ -241,6 +242,18 @@ def test_frames_round_trip_and_are_bounded() -> None:
             small.read()
         with pytest.raises(TimeoutError):
             _wire.FrameReader(read_fd, 10).read(deadline=0)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_writes_to_a_peer_that_never_reads_end_at_the_deadline() -> None:
+    read_fd, write_fd = os.pipe2(os.O_NONBLOCK)
+    try:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            _wire.write_frame_until(write_fd, _wire.JOB, b"x" * (1 << 20), time.monotonic() + 0.2)
+        assert time.monotonic() - started < 2
     finally:
         os.close(read_fd)
         os.close(write_fd)

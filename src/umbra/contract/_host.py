@@ -23,6 +23,7 @@ import select
 import signal
 import socket
 import sys
+import traceback
 from typing import Any, NoReturn
 
 from umbra.contract import _sandbox, _values, _wire
@@ -262,7 +263,9 @@ class Host:
             address_bytes=(size_kib << 10) + 2 * memory + (256 << 20),
         )
         confinement = Confinement(self.child_bpf, self.child_landlock, limits)
-        job_r, job_w = os.pipe()
+        # O_NONBLOCK for the runner's end, which must never block past a deadline; the child
+        # makes its own end (a separate open file description) blocking again.
+        job_r, job_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         result_r, result_w = os.pipe()
         host_pid = os.getpid()
         pid = _fork()
@@ -366,8 +369,12 @@ def main() -> NoReturn:
     host._send(_wire.READY, {"info": host.info, "protections": host.protections.to_dict()})
     try:
         host.loop()
-    except BaseException:
-        os._exit(1)  # the runner sees EOF and starts a new host
+    except BaseException as exc:
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        report = f"{type(exc).__name__}: {exc} (at {os.path.basename(where.filename)}:{where.lineno})"
+        with contextlib.suppress(BaseException):
+            _wire.write_frame(proto_out, _wire.FATAL, report.encode()[:2000])
+        os._exit(1)  # the runner starts a new host
 
 
 if __name__ == "__main__":

@@ -13,11 +13,16 @@ is decoded without tags, and every field of a result is checked before it become
 
 from __future__ import annotations
 
+import array
+import collections
+import contextlib
 import math
 import os
 import re
 import select
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -60,6 +65,7 @@ _THREAD_PINS = (
     "NUMEXPR_NUM_THREADS",
     "RAYON_NUM_THREADS",
 )
+_FD_SIZE = array.array("i").itemsize
 _SETTLE_S = 0.5  # how long a finished child may take to exit before the runner kills it
 _GRACE_S = 5.0  # how long the host may take to report a killed child before it is replaced
 
@@ -335,8 +341,22 @@ def _host_env() -> dict[str, str]:
     return env
 
 
-class _Retry(Exception):
-    """The host died before taking the job: run it again on a fresh host."""
+class _Spare:
+    """A confined child, forked ahead of time, whose pipes the host handed to us (see _host)."""
+
+    __slots__ = ("generation", "job_w", "pid", "reader")
+
+    def __init__(self, pid: int, generation: int, job_w: int, result_r: int, frame_limit: int) -> None:
+        self.pid = pid
+        self.generation = generation
+        self.job_w = job_w  # non-blocking (the host made it so): writes are bounded by the deadline
+        self.reader = _wire.FrameReader(result_r, frame_limit)
+
+    def close(self) -> None:
+        """Drop our ends: an unused spare reads EOF and exits."""
+        for fd in (self.job_w, self.reader.fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class ContractRunner:
@@ -362,11 +382,15 @@ class ContractRunner:
         self._use_landlock = use_landlock
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
-        self._reader: _wire.FrameReader | None = None
+        self._reader: _wire.FrameReader | None = None  # the host's control frames
+        self._socket: socket.socket | None = None  # spares arrive here, with their pipes
+        self._spares: collections.deque[_Spare] = collections.deque()
+        self._generation = 0  # blob cache changes sent to the host; spares older than this are stale
         self._host_blobs: dict[bytes, int] = {}
         # Job processes that returned a result but have not been reported exited yet: pid ->
         # (deadline, already killed). See _collect_exits.
         self._lingering: dict[int, tuple[float, bool]] = {}
+        self._exits: dict[int, dict[str, Any]] = {}  # EXITED reports read during the current job
         self._closed = False
         self._procs: list[subprocess.Popen[bytes]] = []  # for the finalizer: kill on garbage collection
         self._finalizer = weakref.finalize(self, _kill_all, self._procs)
@@ -392,27 +416,38 @@ class ContractRunner:
 
     def _frame_limit(self) -> int:
         limits = self._limits
-        return max(limits.output_bytes + limits.state_bytes + limits.event_bytes, limits.http_body_bytes) + (
-            2 << 20
-        )
+        largest = max(limits.output_bytes + limits.state_bytes + limits.event_bytes, limits.http_body_bytes)
+        return largest + (2 << 20)
 
     def _start(self) -> tuple[ContractInfo, Protections]:
-        proc = subprocess.Popen(
-            [self._python, "-P", "-s", "-B", "-m", "umbra.contract._host"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            # Only the interpreter's own start-up errors can arrive here: the host points fd 2 at
-            # /dev/null before any contract code runs. Read on a failed load, for the message.
-            stderr=subprocess.PIPE,
-            env=_host_env(),
-            cwd="/",
-            close_fds=True,
-            bufsize=0,
-        )
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        spare_fd = theirs.fileno()  # the same number in the host (pass_fds keeps it)
+        try:
+            proc = subprocess.Popen(
+                [self._python, "-P", "-s", "-B", "-m", "umbra.contract._host"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                # Only the interpreter's own start-up errors can arrive here: the host points fd 2
+                # at /dev/null before any contract code runs. Read on a failed load, for the message.
+                stderr=subprocess.PIPE,
+                env=_host_env(),
+                cwd="/",
+                close_fds=True,
+                pass_fds=(theirs.fileno(),),
+                bufsize=0,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
         assert proc.stdin is not None and proc.stdout is not None
         self._proc = proc
         self._procs.append(proc)
-        self._reader = _wire.FrameReader(proc.stdout.fileno(), self._frame_limit())
+        self._socket = ours
+        self._reader = _wire.FrameReader(proc.stdout.fileno(), 1 << 20)
+        self._spares.clear()
+        self._generation = 0
         self._host_blobs = {}
         self._lingering = {}
         limits = self._limits
@@ -420,14 +455,11 @@ class ContractRunner:
             "code": self._code,
             "contract": self._contract,
             "landlock": self._use_landlock,
+            "spare_fd": spare_fd,
             "limits": {
                 "cpu_seconds": limits.cpu_seconds,
                 "memory": limits.memory_bytes,
                 "blob_cache": limits.blob_cache_bytes,
-                "output_bytes": limits.output_bytes,
-                "state_bytes": limits.state_bytes,
-                "event_bytes": limits.event_bytes,
-                "http_body_bytes": limits.http_body_bytes,
             },
         }
         try:
@@ -495,9 +527,14 @@ class ContractRunner:
     def _kill_host(self) -> int | None:
         proc, self._proc, self._reader = self._proc, None, None
         self._lingering = {}
+        while self._spares:
+            self._spares.popleft().close()
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
         if proc is None:
             return None
-        proc.kill()  # its job child, if any, follows by PDEATHSIG
+        proc.kill()  # its children follow by PDEATHSIG
         status = proc.wait()
         for pipe in (proc.stdin, proc.stdout, proc.stderr):
             if pipe is not None and not pipe.closed:
@@ -516,7 +553,7 @@ class ContractRunner:
         _wire.write_frame(self._proc.stdin.fileno(), kind, payload)
 
     def close(self) -> None:
-        """Stop the warm host (and any job child). Idempotent."""
+        """Stop the warm host and every job process. Idempotent."""
         with self._lock:
             self._closed = True
             proc = self._proc
@@ -551,27 +588,26 @@ class ContractRunner:
                     self._ensure_host()
                 except ContractLoadError as exc:
                     return _failure("sandbox", f"the contract could not be reloaded: {exc}")
+                deadline = time.monotonic() + self._limits.wall_seconds
                 try:
                     self._collect_exits()
                     self._send_blobs(job.blobs)
-                    deadline = time.monotonic() + self._limits.wall_seconds
-                    self._write(_wire.JOB, body)
-                except (OSError, _wire.ProtocolError):
+                    spare = self._take_spare(deadline)
+                except (OSError, _wire.ProtocolError, _values.ValueRejected, TimeoutError):
                     self._kill_host()
-                    continue  # the job cannot have started: safe to run on a fresh host
+                    continue  # no job process had the job yet: safe to try on a fresh host
                 try:
-                    return self._drive(job, services, deadline)
-                except _Retry:
-                    self._kill_host()
-                    continue
+                    return self._drive(job, spare, body, services, deadline)
                 except (OSError, _wire.ProtocolError, _values.ValueRejected) as exc:
                     # The job may have run (and made RPCs): never run it twice.
                     self._kill_host()
-                    return _failure("sandbox", f"the sandbox host failed during the job: {exc}")
+                    return _failure("sandbox", f"the sandbox failed during the job: {exc}")
+                finally:
+                    spare.close()
             return _failure("sandbox", "the sandbox host failed twice in a row; see the worker's logs")
 
     def _check_method(self, kind: str, method: str) -> str | None:
-        """Refuse bad method names here, without forking (the child checks again)."""
+        """Refuse bad method names here, without a job process (the child checks again)."""
         own, other = (
             (self._info.commands, self._info.queries)
             if kind == "command"
@@ -595,30 +631,97 @@ class ContractRunner:
             stale = [key for key in self._host_blobs if key not in blobs]
             if stale:
                 self._write(_wire.DROP, _values.encode(stale, what="blob keys"))
+                self._generation += 1
                 for key in stale:
                     del self._host_blobs[key]
         for key in missing:
             self._write(_wire.BLOB, _values.encode({"key": key, "data": blobs[key]}, what="blob"))
+            self._generation += 1
             self._host_blobs[key] = len(blobs[key])
 
-    def _collect_exits(self) -> None:
-        """Between jobs: take the EXITED reports that arrived, and kill job processes that outlive
-        their result (a finished child exits within a millisecond; contract code could stall it)."""
+    def _take_spare(self, deadline: float) -> _Spare:
+        """The next spare forked after the latest blob change, waiting for one if need be."""
+        while True:
+            while self._spares:
+                spare = self._spares.popleft()
+                if spare.generation == self._generation:
+                    self._write(_wire.TAKEN, _values.encode(spare.pid, what="taken"))
+                    return spare
+                spare.close()  # it lacks a blob this job may read
+            self._receive_spare(deadline)
+
+    def _receive_spare(self, deadline: float) -> None:
+        """Take one spare the host sent, waiting until the deadline if none is queued yet."""
+        assert self._socket is not None and self._reader is not None
+        while True:
+            try:
+                # (socket.recv_fds ignores its flags in Python 3.11: hence recvmsg.)
+                message, ancillary, flags, _ = self._socket.recvmsg(
+                    4096, socket.CMSG_SPACE(2 * _FD_SIZE), socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT
+                )
+                break
+            except BlockingIOError:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError from None
+                readable, _, _ = select.select([self._socket.fileno(), self._reader.fd], [], [], remaining)
+                if self._reader.fd in readable:
+                    self._read_control()
+        fds = array.array("i")
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(data[: len(data) - len(data) % _FD_SIZE])
+        try:
+            if not message:
+                raise _wire.ProtocolError("the sandbox host closed its spare channel")
+            info = _values.decode(message, what="spare")
+            if (
+                len(fds) != 2
+                or flags & socket.MSG_CTRUNC
+                or not all(stat.S_ISFIFO(os.fstat(fd).st_mode) for fd in fds)
+                or not isinstance(info, dict)
+                or type(info.get("pid")) is not int
+                or type(info.get("generation")) is not int
+                or info["pid"] <= 1
+            ):
+                raise _wire.ProtocolError("the sandbox host sent a malformed spare")
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        self._spares.append(_Spare(info["pid"], info["generation"], fds[0], fds[1], self._frame_limit()))
+
+    def _read_control(self) -> None:
+        """Take what the host reported (only EXITED is expected once it is running)."""
         reader = self._reader
         assert reader is not None
-        while True:
-            frame = reader.next()
-            if frame is None:
-                if reader.eof:
-                    raise _wire.ProtocolError("the sandbox host exited between jobs")
-                if not select.select([reader.fd], [], [], 0)[0]:
-                    break
-                reader.fill()
-                continue
+        reader.fill()
+        while (frame := reader.next()) is not None:
+            if frame[0] == _wire.FATAL:
+                raise _wire.ProtocolError(f"the sandbox host failed: {frame[1].decode('utf-8', 'replace')}")
             if frame[0] != _wire.EXITED:
-                raise _wire.ProtocolError(f"unexpected frame kind {frame[0]} between jobs")
-            self._exited(frame[1])
+                raise _wire.ProtocolError(f"unexpected frame kind {frame[0]} from the sandbox host")
+            info = _values.decode(frame[1], what="exited")
+            if not isinstance(info, dict) or type(info.get("pid")) is not int:
+                raise _wire.ProtocolError("bad EXITED frame")
+            self._lingering.pop(info["pid"], None)
+            self._exits[info["pid"]] = info
+        if reader.eof:
+            raise _wire.ProtocolError("the sandbox host exited")
+
+    def _collect_exits(self) -> None:
+        """Kill job processes that outlive their result by _SETTLE_S (a finished child exits within
+        a millisecond; contract code could stall it). EXITED reports are read when a deadline has
+        passed or a few have piled up, not before every job: that would cost syscalls each time."""
+        self._exits.clear()
+        if not self._lingering:
+            return
         now = time.monotonic()
+        if len(self._lingering) < 8 and all(now < deadline for deadline, _ in self._lingering.values()):
+            return
+        assert self._reader is not None
+        while select.select([self._reader.fd], [], [], 0)[0]:
+            self._read_control()
         for pid, (deadline, killed) in list(self._lingering.items()):
             if now < deadline:
                 continue
@@ -626,19 +729,21 @@ class ContractRunner:
                 raise _wire.ProtocolError(f"job process {pid} survived SIGKILL")
             self._kill_child(pid)
             self._lingering[pid] = (now + _GRACE_S, True)
-        if len(self._lingering) > 16:
-            raise _wire.ProtocolError("too many job processes outlived their jobs")
 
-    def _exited(self, payload: bytes) -> dict[str, Any] | None:
-        info = _values.decode(payload, what="exited")
-        if not isinstance(info, dict):
-            raise _wire.ProtocolError("bad EXITED frame")
-        self._lingering.pop(info.get("pid"), None)  # type: ignore[arg-type]
-        return info
+    def _wait_exit(self, pid: int) -> dict[str, Any] | None:
+        """The host's report on `pid`, which closed its result pipe without a result."""
+        assert self._reader is not None
+        deadline = time.monotonic() + _GRACE_S
+        while pid not in self._exits:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self._reader.fd], [], [], remaining)[0]:
+                return None
+            self._read_control()
+        return self._exits.pop(pid)
 
-    def _kill_child(self, pid: int | None) -> None:
-        """SIGKILL the host's job child (the host itself may not signal anything)."""
-        if pid is None or self._proc is None:
+    def _kill_child(self, pid: int) -> None:
+        """SIGKILL one of the host's job processes (the host itself may not signal anything)."""
+        if self._proc is None:
             return
         try:
             handle = os.pidfd_open(pid)
@@ -653,48 +758,55 @@ class ContractRunner:
         finally:
             os.close(handle)
 
-    def _drive(self, job: JobSpec, services: Services | None, deadline: float) -> JobOutcome:
-        assert self._reader is not None
-        pid: int | None = None
+    def _drive(
+        self, job: JobSpec, spare: _Spare, body: bytes, services: Services | None, deadline: float
+    ) -> JobOutcome:
+        """Give the job to the spare and serve it until its result, its death or the deadline."""
+        pid, reader = spare.pid, spare.reader
+        timed_out = _failure("limit", f"wall time limit exceeded ({self._limits.wall_seconds:g} s)")
+        try:
+            _wire.write_frame_until(spare.job_w, _wire.JOB, body, deadline)
+        except BrokenPipeError:
+            pass  # it died before reading (e.g. could not confine itself): its result pipe says why
+        except TimeoutError:
+            self._abandon(pid)
+            return timed_out
         rpc_calls = 0
-        violation: str | None = None
         while True:
             try:
-                frame = self._reader.read(deadline)
+                frame = reader.read(deadline)
             except TimeoutError:
-                return self._time_out(pid, violation)
+                self._abandon(pid)
+                return timed_out
+            except _wire.ProtocolError as exc:
+                self._abandon(pid)
+                return _failure("contract", f"the job process broke the sandbox protocol: {exc}")
             if frame is None:
-                if pid is None:
-                    raise _Retry
-                self._kill_host()
-                return _failure("sandbox", "the sandbox host died during the job")
-            kind, payload = frame
-            if kind == _wire.STARTED:
-                started = _values.decode(payload, what="started")
-                pid = started.get("pid") if isinstance(started, dict) else None
-                if type(pid) is not int or pid <= 1:
-                    raise _wire.ProtocolError("bad STARTED frame")
-            elif kind in (_wire.RPC, _wire.RESULT) and violation is not None:
-                continue  # the child is being killed; nothing it says counts
-            elif kind == _wire.RPC:
-                rpc_calls += 1
-                self._write(_wire.REPLY, self._serve_rpc(job, services, payload, rpc_calls, deadline))
-            elif kind == _wire.RESULT:
-                if pid is not None:
-                    self._lingering[pid] = (time.monotonic() + _SETTLE_S, False)
-                return _outcome(job, payload, self._limits)
-            elif kind == _wire.VIOLATION:
-                violation = payload.decode("utf-8", "replace")[:1000]
-                self._kill_child(pid)
-            elif kind == _wire.EXITED:
-                info = self._exited(payload)
-                if info is None or info.get("pid") != pid:
-                    continue  # an earlier job's process
-                if violation is not None:
-                    return _failure("contract", violation)
+                info = self._wait_exit(pid)
+                if info is None:
+                    raise _wire.ProtocolError(f"no exit report for job process {pid}")
                 return _exit_outcome(info, self._limits)
-            else:
-                raise _wire.ProtocolError(f"unexpected frame kind {kind} from the sandbox host")
+            kind, payload = frame
+            if kind == _wire.RESULT:
+                self._lingering[pid] = (time.monotonic() + _SETTLE_S, False)
+                return _outcome(job, payload, self._limits)
+            if kind != _wire.RPC:
+                self._abandon(pid)
+                return _failure("contract", f"the job process broke the sandbox protocol: frame kind {kind}")
+            rpc_calls += 1
+            reply = self._serve_rpc(job, services, payload, rpc_calls, deadline)
+            try:
+                _wire.write_frame_until(spare.job_w, _wire.REPLY, reply, deadline)
+            except BrokenPipeError:
+                pass  # it died: the next read says so
+            except TimeoutError:
+                self._abandon(pid)
+                return timed_out
+
+    def _abandon(self, pid: int) -> None:
+        """Kill a job process we are done with; the host's EXITED report settles it later."""
+        self._kill_child(pid)
+        self._lingering[pid] = (time.monotonic() + _GRACE_S, True)
 
     def _serve_rpc(
         self, job: JobSpec, services: Services | None, payload: bytes, count: int, deadline: float
@@ -726,33 +838,6 @@ class ContractRunner:
             return _values.encode(
                 {"ok": False, "error": "the service returned an unencodable value"}, what="reply"
             )
-
-    def _time_out(self, pid: int | None, violation: str | None) -> JobOutcome:
-        message = violation or f"wall time limit exceeded ({self._limits.wall_seconds:g} s)"
-        code: ErrorCode = "contract" if violation else "limit"
-        if pid is None:
-            self._kill_host()
-            return _failure(code, message)
-        self._kill_child(pid)
-        assert self._reader is not None
-        grace = time.monotonic() + _GRACE_S
-        try:
-            while True:
-                frame = self._reader.read(grace)
-                if frame is None:
-                    break
-                if frame[0] == _wire.EXITED:
-                    info = self._exited(frame[1])
-                    if info is not None and info.get("pid") == pid:
-                        return _failure(code, message)
-                if frame[0] == _wire.RPC:  # it was mid-call when killed
-                    self._write(
-                        _wire.REPLY, _values.encode({"ok": False, "error": "timed out"}, what="reply")
-                    )
-        except (TimeoutError, OSError, _wire.ProtocolError):
-            pass
-        self._kill_host()
-        return _failure(code, message)
 
 
 def _kill_all(procs: list[subprocess.Popen[bytes]]) -> None:

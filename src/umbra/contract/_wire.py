@@ -1,12 +1,11 @@
 """Length-prefixed frames over pipes, shared by the runner, the warm host and its job children.
 
-A frame is `u32 big-endian length || kind byte || payload`. The kind byte lets the host forward a
-child's frame to the runner unchanged (no decode and re-encode of a 64 MiB state), and lets every
-reader refuse an oversized frame from its header alone, before buffering any of it.
+A frame is `u32 big-endian length || kind byte || payload`, so that every reader can refuse an
+oversized frame from its header alone, before buffering any of it.
 
 Every reader here treats its peer as hostile: the host runs contract import code and the child
-runs contract methods, so lengths are bounded and partial frames never block a reader that also
-has other work (see `FrameReader`).
+runs contract methods, so lengths are bounded, reads and writes can be given deadlines, and a
+partial frame never blocks a reader that also has other work (see `FrameReader`).
 """
 
 from __future__ import annotations
@@ -19,22 +18,22 @@ import time
 _HEADER = struct.Struct(">IB")
 HEADER_SIZE = _HEADER.size
 
-# runner -> host
-LOAD = ord("L")  # CBOR {code, contract, limits, landlock}: the first frame, exactly once
+# runner -> host (stdin)
+LOAD = ord("L")  # CBOR {code, contract, limits, landlock, spare_fd}: the first frame, exactly once
 BLOB = ord("B")  # CBOR {key, data}: cache a blob in the host so children inherit it through fork
 DROP = ord("D")  # CBOR [key, ...]: forget cached blobs
-JOB = ord("J")  # CBOR job body; the host passes it to the job child without decoding it
-REPLY = ord("R")  # CBOR reply to an RPC; forwarded to the job child
+TAKEN = ord("T")  # CBOR pid: the runner gave that spare a job (the host forks a replacement)
 EXIT = ord("X")  # empty: the host exits
-# host -> runner
+# host -> runner (stdout); spares travel separately, over a unix socket with their pipes
 READY = ord("Y")  # CBOR {info, protections}
 LOAD_ERROR = ord("E")  # UTF-8 text
-STARTED = ord("S")  # CBOR {pid}: the child serving the current job
-VIOLATION = ord("V")  # UTF-8 text: the child broke the framing; the runner kills it
-EXITED = ord("Z")  # CBOR {pid, exit, signal, cpu_ms}: the child was reaped
-# child -> host -> runner (forwarded unchanged)
-RPC = ord("Q")  # CBOR {op, ...}
-RESULT = ord("O")  # CBOR result map (see _child.execute)
+EXITED = ord("Z")  # CBOR {pid, exit, signal, cpu_ms}: a child was reaped
+FATAL = ord("F")  # UTF-8 text: the host hit an internal error and exits
+# runner <-> job child, over the child's own pipes
+JOB = ord("J")  # CBOR job body (see _runner.job_body)
+RPC = ord("Q")  # child -> runner, CBOR {op, ...}
+REPLY = ord("R")  # runner -> child, CBOR {ok, value | error}
+RESULT = ord("O")  # child -> runner, CBOR result map (see _child.execute)
 
 
 class ProtocolError(Exception):
@@ -45,17 +44,41 @@ def pack(kind: int, payload: bytes = b"") -> bytes:
     return _HEADER.pack(len(payload), kind) + payload
 
 
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def write_frame(fd: int, kind: int, payload: bytes = b"") -> None:
     """Write one whole frame to a blocking fd (raises BrokenPipeError if the reader is gone)."""
-    view = memoryview(pack(kind, payload)) if len(payload) < 65536 else None
-    if view is not None:
-        while view:
-            view = view[os.write(fd, view) :]
+    if len(payload) < 65536:
+        write_all(fd, pack(kind, payload))
         return
     # Large payloads: avoid copying them into one buffer with the header.
     parts = [memoryview(_HEADER.pack(len(payload), kind)), memoryview(payload)]
     while parts:
         written = os.writev(fd, parts)
+        while parts and written >= len(parts[0]):
+            written -= len(parts[0])
+            parts.pop(0)
+        if parts and written:
+            parts[0] = parts[0][written:]
+
+
+def write_frame_until(fd: int, kind: int, payload: bytes, deadline: float) -> None:
+    """Write one frame to a non-blocking fd, waiting for room until a monotonic deadline: a peer
+    that stops reading must not hold the writer past it (TimeoutError)."""
+    parts = [memoryview(_HEADER.pack(len(payload), kind)), memoryview(payload)]
+    while parts:
+        try:
+            written = os.writev(fd, parts)
+        except BlockingIOError:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError from None
+            select.select([], [fd], [], remaining)
+            continue
         while parts and written >= len(parts[0]):
             written -= len(parts[0])
             parts.pop(0)

@@ -32,6 +32,7 @@ import dcap_qvl
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from umbra.tee._inputs import MALFORMED_CERTIFICATE
 from umbra.tee._model import AttestationError, Endorsements, Step, VerifiedEvidence, utc
 from umbra.tee._roots import load_root
 from umbra.tee._x509 import load_certificates
@@ -237,7 +238,7 @@ def _pck_chain(pck_chain_pem: bytes) -> tuple[x509.Certificate, ...]:
     pem = pck_chain_pem.removesuffix(b"\0")
     try:
         chain = tuple(x509.load_pem_x509_certificates(pem))
-    except (ValueError, x509.InvalidVersion) as exc:
+    except MALFORMED_CERTIFICATE as exc:
         raise AttestationError(Step.CHAIN, f"PCK certificate chain in the quote: {exc}") from None
     if b"".join(certificate.public_bytes(Encoding.PEM) for certificate in chain) != pem:
         raise AttestationError(

@@ -14,6 +14,7 @@ import string
 from datetime import UTC, datetime
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 
 __all__ = ["decode_evidence", "load_certificates", "parse_hex", "parse_time"]
 
@@ -67,11 +68,23 @@ def parse_time(text: str) -> datetime:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
+# What cryptography raises for a certificate it cannot read. Several are not ValueErrors, and
+# names and extensions are parsed lazily, so callers must read them inside the same `try`.
+MALFORMED_CERTIFICATE = (
+    ValueError,
+    TypeError,  # a name attribute whose ASN.1 string type does not fit its OID (found by fuzzing)
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
+
+
 def load_certificates(data: bytes) -> list[x509.Certificate]:
     """Every certificate in PEM `data` (in order), or the one certificate of DER `data`."""
     try:
         if b"-----BEGIN" in data:
             return x509.load_pem_x509_certificates(data)
         return [x509.load_der_x509_certificate(data)]
-    except (ValueError, x509.InvalidVersion) as exc:
+    except MALFORMED_CERTIFICATE as exc:
         raise ValueError(f"not a PEM or DER certificate: {exc}") from None

@@ -29,10 +29,10 @@ from datetime import UTC, datetime, timedelta
 from typing import ClassVar, Final
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from umbra.tee._cose import ClaimMap, CoseMessage, decode_cbor, parse_message, verify_signature
+from umbra.tee._inputs import MALFORMED_CERTIFICATE
 from umbra.tee._model import AttestationError, Endorsements, Step, VerifiedEvidence
 from umbra.tee._roots import load_root
 from umbra.tee._x509 import load_certificates, verify_chain
@@ -46,15 +46,6 @@ _PCR_COUNT: Final = 32
 _PCR_SIZES: Final = (32, 48, 64)
 _DEBUG_PCRS: Final = (0, 1, 2)
 _MAX_FIELD_SIZE: Final = 1024  # certificate, cabundle entries, public_key, user_data, nonce
-# what cryptography raises for DER it cannot read; several are not ValueErrors
-_UNPARSEABLE_CERTIFICATE: Final = (
-    ValueError,
-    TypeError,
-    UnsupportedAlgorithm,
-    x509.InvalidVersion,
-    x509.DuplicateExtension,
-    x509.UnsupportedGeneralNameType,
-)
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_TIMESTAMP_MS: Final = int((datetime(9999, 12, 31, tzinfo=UTC) - _EPOCH).total_seconds()) * 1000
 
@@ -205,7 +196,7 @@ def _certificate(der: object, what: str) -> x509.Certificate:
         # cryptography parses fields lazily; touching the ones chain checks read now refuses a
         # garbled field here, as unparseable, rather than in whatever reads it first later
         _ = (certificate.subject, certificate.issuer, certificate.extensions, certificate.public_key())
-    except _UNPARSEABLE_CERTIFICATE as exc:
+    except MALFORMED_CERTIFICATE as exc:
         raise AttestationError(Step.PARSE, f"Nitro document {what} is not a DER certificate: {exc}") from None
     return certificate
 

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import NameOID
 
+from umbra.tee._inputs import MALFORMED_CERTIFICATE
 from umbra.tee._model import AttestationError, Endorsements, Step, VerifiedEvidence, utc
 from umbra.tee._x509 import load_certificates, verify_chain
 
@@ -416,7 +417,7 @@ def _check_chain(hw_cert_der: bytes, root: bytes | None, at: datetime, *, debug:
         _ed25519_key_of(hw_cert)
         # cryptography parses names and extensions on first use: make malformed ones fail here
         _ = (hw_cert.subject, hw_cert.issuer, hw_cert.extensions)
-    except (ValueError, x509.InvalidVersion) as exc:
+    except MALFORMED_CERTIFICATE as exc:
         raise AttestationError(
             Step.PARSE, f"hw_cert is not an Ed25519 certificate: {exc}", debug=debug
         ) from None

@@ -22,6 +22,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 
+from umbra.tee._inputs import MALFORMED_CERTIFICATE
 from umbra.tee._inputs import load_certificates as _load_bundle
 from umbra.tee._model import AttestationError, Step
 from umbra.tee._roots import RootPinError, load_root
@@ -37,21 +38,13 @@ __all__ = [
 
 # Real vendor chains have at most five certificates; the cap bounds the work hostile input can cause.
 MAX_CHAIN_LENGTH = 8
-# What cryptography raises for a certificate it cannot read.
-_MALFORMED = (
-    ValueError,
-    UnsupportedAlgorithm,
-    x509.InvalidVersion,
-    x509.DuplicateExtension,
-    x509.UnsupportedGeneralNameType,
-)
 
 
 def load_certificates(data: bytes, *, what: str) -> tuple[x509.Certificate, ...]:
     """The certificates of PEM (one or more) or DER `data`, in order. `what` names them in errors."""
     try:
         certificates = _parse_certificates(bytes(data))
-    except _MALFORMED as exc:
+    except MALFORMED_CERTIFICATE as exc:
         raise AttestationError(Step.CHAIN, f"{what}: {exc}") from None
     if not certificates:
         raise AttestationError(Step.CHAIN, f"{what}: no certificate found")
