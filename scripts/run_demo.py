@@ -15,8 +15,30 @@ import time
 from pathlib import Path
 
 from umbra import crypto
-from umbra.client._node import NodeClient, UmbraError
-from umbra.codec import to_hex
+from umbra.client import Client, UmbraError
+from umbra.client._node import NodeClient
+
+DEMO_CONTRACT = """
+from umbra.contract import Contract, command, query
+
+
+class Diary(Contract):
+    \"\"\"Each caller keeps private entries; only the count is visible to the owner.\"\"\"
+
+    def init(self, ctx):
+        self.state["owner"] = ctx.caller
+        self.state["entries"] = {}
+
+    @command
+    def write(self, ctx, text):
+        mine = self.state["entries"].setdefault(ctx.caller, [])
+        mine.append(text)
+        return len(mine)
+
+    @query
+    def read(self, ctx):
+        return self.state["entries"].get(ctx.caller, [])
+"""
 
 
 def demo(dev_json: Path) -> None:
@@ -25,15 +47,19 @@ def demo(dev_json: Path) -> None:
     alice = crypto.load_signing_key(doc["keys"]["alice"])
     bob = crypto.load_signing_key(doc["keys"]["bob"])
     with NodeClient(url) as client:
-        before = client.account(bob.public_key)["free"]
         receipt = client.call(alice, "balances", "transfer", to=bob.public_key, amount=1000)
-        after = client.account(bob.public_key)["free"]
-        print(f"demo: alice -> bob 1000 in block {receipt['block']} (tx {receipt['tx_hash'][:18]}...)")
-        print(f"demo: bob {to_hex(bob.public_key)[:18]}... balance {before} -> {after}")
-        status = client.status()
+        print(f"demo: alice -> bob 1000 in block {receipt['block']}")
+    with Client(url, doc["keys"]["alice"]) as alice_client, Client(url, doc["keys"]["bob"]) as bob_client:
+        deployment = alice_client.deploy(DEMO_CONTRACT)
+        print(f"demo: deployed {deployment.contract_id} (code hash {deployment.code_hash[:18]}...)")
+        result = bob_client.call(deployment.contract_id, "write", {"text": "bob's private entry"})
         print(
-            f"demo: chain {status['chain_id']} at height {status['height']}, state root {status['state_root'][:18]}..."
+            f"demo: bob's confidential call -> {result.output} on {result.workers[0][:18]}..., verified={result.verified}"
         )
+        mine = bob_client.query(deployment.contract_id, "read")
+        theirs = alice_client.query(deployment.contract_id, "read")
+        print(f"demo: bob reads {mine.output}; alice reads {theirs.output} (verified={mine.verified})")
+    print(f"demo: {len(doc['workers'])} attested workers; explorer at {url}/explorer")
 
 
 def main() -> int:
