@@ -135,8 +135,11 @@ def test_request_refusals(econ: Net) -> None:
 # ---- scheduling ----------------------------------------------------------------------------------
 
 
-def _tie(net: Net, job: bytes, worker: SimWorker) -> bytes:
-    return codec.sha256(net.head.parent + job + worker.id)
+def _tie(net: Net, job: bytes, worker: SimWorker) -> int:
+    """Ring distance from the job's point, SHA-256(parent || job), to the worker's, SHA-256(id)."""
+    start = int.from_bytes(codec.sha256(net.head.parent + job), "big")
+    point = int.from_bytes(codec.sha256(b"umbra/ring/" + worker.id), "big")
+    return (point - start) % (1 << 256)
 
 
 def test_least_load_first_ties_by_hash_and_contracts_run_in_parallel(net: Net) -> None:

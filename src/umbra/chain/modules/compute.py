@@ -2,7 +2,8 @@
 
 A request escrows the fee (and any `value` for the contract). At the end of each block the
 scheduler gives each contract's oldest waiting job to `replicas` distinct eligible workers,
-least loaded first, ties broken by SHA-256(parent block hash || job || worker); commands on one
+least loaded first, then the better reputation, ties broken by ring order from
+SHA-256(parent block hash || job) to each SHA-256(worker id); commands on one
 contract run one at a time, different contracts in parallel. A result is accepted only from an
 assigned, attested worker whose signature holds and whose prev_state_hash is the chain's. A job
 settles when a majority of replicas agree; a missed deadline reassigns the job to another worker,
@@ -11,11 +12,14 @@ marks the silent worker unresponsive and slashes it `slash_missed_deadline`.
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from umbra import codec, crypto
 from umbra.chain.module import BlockContext, CallContext, Module, ModuleError, StorageMap, StorageValue, call
 from umbra.chain.modules.balances import TREASURY
+from umbra.chain.modules.contracts import MAX_STATE_BYTES
 from umbra.chain.state import State
 
 __all__ = ["Compute"]
@@ -48,6 +52,50 @@ class ComputeError(ModuleError):
     pass
 
 
+class _Ranking:
+    """One block's candidates in scheduling order, kept incrementally.
+
+    Workers sit in buckets keyed by (load, -reputation); inside a bucket, on a ring ordered by
+    SHA-256 of their id. A job walks the buckets in key order and each ring from its own hash
+    point, so a pick costs O(log W) instead of sorting every candidate for every job, and the
+    whole schedule grows as n log n in workers plus jobs.
+    """
+
+    def __init__(self, candidates: list[dict[str, Any]], load_of: Callable[[bytes], int]) -> None:
+        self._records = {c["id"]: c for c in candidates}
+        self._point = {
+            c["id"]: int.from_bytes(codec.sha256(b"umbra/ring/" + c["id"]), "big") for c in candidates
+        }
+        self._key: dict[bytes, tuple[int, int]] = {}
+        self._buckets: dict[tuple[int, int], list[tuple[int, bytes]]] = {}
+        for c in candidates:
+            self._place(c["id"], (load_of(c["id"]), -int(c["score"])))
+        self._keys = sorted(self._buckets)
+
+    def _place(self, worker: bytes, key: tuple[int, int]) -> None:
+        self._key[worker] = key
+        bisect.insort(self._buckets.setdefault(key, []), (self._point[worker], worker))
+
+    def ordered(self, start: int) -> Iterator[dict[str, Any]]:
+        for key in self._keys:
+            ring = self._buckets[key]
+            first = bisect.bisect_left(ring, (start, b""))
+            for i in range(len(ring)):
+                yield self._records[ring[(first + i) % len(ring)][1]]
+
+    def bump(self, worker: bytes) -> None:
+        """The worker took one more job: move it to the next load level."""
+        load, score = self._key[worker]
+        ring = self._buckets[(load, score)]
+        ring.remove((self._point[worker], worker))
+        if not ring:
+            del self._buckets[(load, score)]
+            self._keys.remove((load, score))
+        if (load + 1, score) not in self._buckets:
+            bisect.insort(self._keys, (load + 1, score))
+        self._place(worker, (load + 1, score))
+
+
 def _escrow(args: dict[str, Any]) -> int:
     total = 0
     for name in ("max_fee", "value"):
@@ -78,7 +126,7 @@ class Compute(Module):
     waiting = StorageValue("waiting", [])  # contracts with queued jobs and none running, oldest first
     running = StorageMap("running")  # contract -> job id
     load = StorageMap("load")  # worker -> jobs assigned and not finished
-    deadlines = StorageMap("deadline")  # height (8 bytes) || job -> True
+    deadlines = StorageMap("deadline")  # height -> [job ids due then]: a block reads only its own
     refusals = StorageMap("refusals")  # worker -> results refused since its last slash
 
     # ---- interface -------------------------------------------------------------------------------
@@ -200,21 +248,18 @@ class Compute(Module):
                 out.append({**record, "score": staking.score(block.state, wid)})
         return out
 
-    def _pick(
-        self, block: BlockContext, job: dict[str, Any], candidates: list[dict[str, Any]]
-    ) -> list[bytes] | None:
+    def _pick(self, block: BlockContext, job: dict[str, Any], ranking: _Ranking) -> list[bytes] | None:
+        """Workers that missed this job's deadline last (they are eligible again, so the job never
+        waits forever for one that is not); then least load; among equals the better reputation;
+        then ring order from SHA-256(parent block hash || job), which no one can steer."""
         excluded = set(job.get("excluded", []))
-
-        def rank(record: dict[str, Any]) -> tuple[bool, int, int, bytes]:
-            # Workers that missed this job's deadline last (they are eligible again, so the job
-            # never waits forever for one that is not); then least load first; among equals the
-            # better reputation; then a hash no one can steer.
-            tie = codec.sha256(block.parent_hash + job["id"] + record["id"])
-            load = self.load.get(block.state, record["id"], 0)
-            return (record["id"] in excluded, load, -record["score"], tie)
-
+        start = int.from_bytes(codec.sha256(block.parent_hash + job["id"]), "big")
+        ordered = ranking.ordered(start)
+        if excluded:
+            first = [r for r in ordered if r["id"] not in excluded]
+            ordered = iter([*first, *(r for r in ranking.ordered(start) if r["id"] in excluded)])
         chosen: list[dict[str, Any]] = []
-        for record in sorted(candidates, key=rank):
+        for record in ordered:
             if job["distinct"] == "operators" and any(c["operator"] == record["operator"] for c in chosen):
                 continue
             if job["distinct"] == "tee_types" and any(c["platform"] == record["platform"] for c in chosen):
@@ -230,6 +275,7 @@ class Compute(Module):
         if not waiting:
             return
         candidates = self._candidates(block)
+        ranking = _Ranking(candidates, lambda wid: int(self.load.get(block.state, wid, 0)))
         still_waiting = []
         for contract in waiting:
             queue = self.queues.get(block.state, contract, [])
@@ -237,12 +283,14 @@ class Compute(Module):
                 continue
             job = self.job(block.state, queue[0])
             assert job is not None
-            workers = self._pick(block, job, candidates) if candidates else None
+            workers = self._pick(block, job, ranking) if candidates else None
             if workers is None:
                 still_waiting.append(contract)
                 continue
             self.queues.set(block.state, contract, queue[1:])
             self._assign(block, job, workers)
+            for worker in workers:
+                ranking.bump(worker)
         self.waiting.set(block.state, still_waiting)
 
     def _assign(self, block: BlockContext, job: dict[str, Any], workers: list[bytes]) -> None:
@@ -261,7 +309,7 @@ class Compute(Module):
         self.running.set(block.state, job["contract"], job["id"])
         for worker in workers:
             self.load.set(block.state, worker, self.load.get(block.state, worker, 0) + 1)
-        self.deadlines.set(block.state, deadline.to_bytes(8, "big") + job["id"], True)
+        self.deadlines.set(block.state, deadline, [*self.deadlines.get(block.state, deadline, []), job["id"]])
         self.emit(
             block,
             "JobAssigned",
@@ -276,20 +324,22 @@ class Compute(Module):
     def _release(self, state: State, job: dict[str, Any]) -> None:
         for worker in job["workers"]:
             self.load.set(state, worker, max(0, self.load.get(state, worker, 0) - 1))
-        self.deadlines.delete(state, int(job["deadline_height"]).to_bytes(8, "big") + job["id"])
+        due = [j for j in self.deadlines.get(state, job["deadline_height"], []) if j != job["id"]]
+        if due:
+            self.deadlines.set(state, job["deadline_height"], due)
+        else:
+            self.deadlines.delete(state, job["deadline_height"])
         self.running.delete(state, job["contract"])
         if self.queues.get(state, job["contract"], []):
             self._mark_waiting(state, job["contract"])
 
     def _expire(self, block: BlockContext) -> None:
         """Jobs past their deadline go back to the front of their queue, minus the silent workers."""
-        limit = (block.height + 1).to_bytes(8, "big")
-        for key, _ in list(self.deadlines.items(block.state)):
-            if key[:8] >= limit:
-                break
-            job = self.job(block.state, key[8:])
-            if job is None or job["status"] != ASSIGNED:
-                self.deadlines.delete(block.state, key)
+        # Every deadline lies in the future when set, and every height is finalized once, so the
+        # bucket of this height holds every job that is due: no scan over all jobs in flight.
+        for job_id in self.deadlines.get(block.state, block.height, []):
+            job = self.job(block.state, job_id)
+            if job is None or job["status"] != ASSIGNED or job["deadline_height"] != block.height:
                 continue
             silent = [w for w in job["workers"] if w not in job["results"]]
             penalty = int(self.rt.system.param(block.state, "slash_missed_deadline"))
@@ -376,6 +426,11 @@ class Compute(Module):
             "sealed output hash mismatch",
         )
         if state_blob is not None:
+            self.ensure(
+                len(state_blob) <= MAX_STATE_BYTES,
+                "quota",
+                f"the new state is {len(state_blob)} bytes; a contract's state quota is {MAX_STATE_BYTES}",
+            )
             self.ensure(
                 codec.sha256(state_blob) == body["new_state_hash"], "bad_state", "state blob hash mismatch"
             )

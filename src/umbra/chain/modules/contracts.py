@@ -19,6 +19,9 @@ __all__ = ["Contracts", "contract_account"]
 MAX_CODE_BYTES = 256 * 1024
 MAX_SECRET_BYTES = 64 * 1024
 MAX_INLINE_STATE = 64 * 1024  # larger encrypted state lives in the node's blob store, by hash
+# A contract's sealed state travels in the result tx (beside a sealed output of up to 512 KiB, under
+# the 1 MiB tx limit): a core fails a job whose new state is larger, and settlement refuses one.
+MAX_STATE_BYTES = 256 * 1024
 MAX_SECRETS = 64
 MAX_BLOBS = 256
 _MANIFEST_KEYS = frozenset({"name", "http_allowlist", "description"})
