@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ import httpx
 
 from umbra import crypto
 from umbra.chain.types import GenesisConfig
-from umbra.node.dev import free_port
+from umbra.node.dev import _die_with_parent, free_port
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Metric:
     better: Literal["higher", "lower"]
     date: str = ""
     bound_by: str | None = None  # the `limits` entry this metric is compared with
+    note: str | None = None  # why a target is not met (the README names the gap with it)
 
     def __post_init__(self) -> None:
         self.date = self.date or datetime.now(UTC).strftime("%Y-%m-%d")
@@ -40,7 +42,10 @@ class Metric:
         return self.value >= self.target if self.better == "higher" else self.value <= self.target
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        doc = {k: v for k, v in asdict(self).items() if v is not None and k != "note"}
+        if math.isnan(self.value):
+            doc["value"] = None  # not measured: an outside check must not read it as met
+        return doc
 
 
 @dataclass
@@ -85,7 +90,9 @@ def node_process(data_dir: Path, genesis: GenesisConfig, sequencer: crypto.Signi
         str(key_path),
     ]
     log = open(data_dir / "node.log", "ab")  # noqa: SIM115 - owned by the child
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, proc)

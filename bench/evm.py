@@ -34,6 +34,7 @@ from umbra.ordering.evm_rpc import EvmAccount, EvmRpc, address_hex
 __all__ = ["inbox_vs_sequencer"]
 
 SENDERS = 64
+PER_SENDER = 100  # under the node's per-account mempool limit (256 pending), with room
 BATCH = 500
 CONFIRMATIONS = 2
 
@@ -100,7 +101,7 @@ def _process(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
 
 def inbox_vs_sequencer(work: Path, *, count: int) -> list[Metric]:
     work.mkdir(parents=True, exist_ok=True)
-    senders = [crypto.SigningKey.generate() for _ in range(SENDERS)]
+    senders = [crypto.SigningKey.generate() for _ in range(max(SENDERS, -(-count // PER_SENDER)))]
     timeout = 60 + count / 50
 
     # -- the local sequencer, same workload shape --

@@ -108,11 +108,29 @@ def loopback_http(requests: int) -> list[Limit]:
             got += client.recv(4096)
         samples.append((time.perf_counter() - start) * 1000)
     client.close()
+    time.sleep(0.05)  # the echo task reads the EOF and ends before the loop stops
     loop.call_soon_threadsafe(server.close)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)
     return [Limit("loopback HTTP round trip p50", percentile(samples, 50), "ms")]
 
 
+def ed25519_sign(seconds: float) -> list[Limit]:
+    key, message = ed25519.Ed25519PrivateKey.generate(), os.urandom(200)
+    return [Limit("Ed25519 sign/s (1 core)", _rate(lambda: key.sign(message), seconds), "ops/s")]
+
+
+def query_ceiling(found: list[Limit]) -> list[Limit]:
+    """What one core can answer if a query cost nothing but the worker's own cryptography: open
+    the sealed query (HPKE), verify the caller's signature, seal the reply (HPKE), sign it."""
+    rate = {limit.name: limit.value for limit in found}
+    seconds = sum(
+        1 / rate[name]
+        for name in ("HPKE open/s", "Ed25519 verify/s (1 core)", "HPKE seal/s", "Ed25519 sign/s (1 core)")
+    )
+    return [Limit("query crypto ceiling (1 core)", 1 / seconds, "queries/s")]
+
+
 def measure(seconds: float, requests: int) -> list[Limit]:
-    return [*ed25519_verify(seconds), *hpke(seconds), *aead(seconds), *loopback_http(requests)]
+    found = [*ed25519_verify(seconds), *ed25519_sign(seconds), *hpke(seconds), *aead(seconds)]
+    return [*found, *query_ceiling(found), *loopback_http(requests)]

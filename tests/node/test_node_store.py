@@ -15,7 +15,7 @@ import pytest
 
 from tests.node.conftest import ChainFiles, free_port, run_cli, write_chain_files
 from umbra import codec
-from umbra.chain.runtime import Runtime
+from umbra.chain.runtime import AdmissionError, Runtime
 from umbra.chain.store import Store, StoreCorrupt, StoreFull
 from umbra.chain.types import Call, Tx
 from umbra.node.service import Node, NodeConfig
@@ -221,9 +221,13 @@ def test_a_full_disk_stops_blocks_without_half_writing_them(tmp_path: Path) -> N
         stalled_since = 0.0
         while True:
             assert time.monotonic() < deadline, "the quota never filled"
-            if len(node.mempool) < 20:
+            if len(node.mempool) < 20 and node.disk_full is None:
                 for _ in range(20):
-                    node.submit(transfer_raw(files, nonce))
+                    try:
+                        node.submit(transfer_raw(files, nonce))
+                    except AdmissionError as exc:  # the producer just found the disk full
+                        assert exc.code == "disk_full", exc
+                        break
                     nonce += 1
             height = node.store.head().height
             if height != stalled_at:
@@ -237,6 +241,11 @@ def test_a_full_disk_stops_blocks_without_half_writing_them(tmp_path: Path) -> N
         assert node.store.head() == head
         assert node._thread is not None and node._thread.is_alive()
         assert len(node.mempool) > 0 and node.halted is None
+        # Until a block commits again, new txs get a clear, typed refusal instead of waiting forever.
+        assert node.disk_full is not None and "disk full" in node.disk_full
+        with pytest.raises(AdmissionError) as refused:
+            node.submit(transfer_raw(files, nonce))
+        assert refused.value.code == "disk_full" and "free disk space" in refused.value.message
     finally:
         close(node)
 

@@ -50,7 +50,9 @@ class AdmissionError(ValueError):
             "bad_origin",
             "duplicate",
             "mempool_full",
+            "rate_limited",
             "not_accepting",
+            "disk_full",
         }
     )
 

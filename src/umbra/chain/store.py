@@ -2,8 +2,9 @@
 
 A block, its txs, receipts, events and its state changes commit in ONE transaction (WAL,
 synchronous=FULL): after a crash the store holds whole blocks only, so a tx reported included is
-never lost. The state accumulator is stored beside the head, so a restart reads two rows instead
-of replaying the chain.
+never lost. The state accumulator is stored beside the head, so a restart needs no replay of the
+chain; it does hash the state table once against that accumulator, because SQLite keeps no
+checksums and a changed value would otherwise be served (and built on) as if it were true.
 """
 
 from __future__ import annotations
@@ -134,8 +135,14 @@ class Store:
             self._root = StateRoot.from_bytes(raw)
         return self._root
 
+    def _state_accumulator(self) -> StateRoot:
+        acc = StateRoot()
+        for key, value in self._db.execute("SELECT k, v FROM state"):
+            acc.apply(bytes(key), None, bytes(value))
+        return acc
+
     def open_check(self) -> None:
-        """Cheap consistency check at start-up: head, accumulator and head block agree."""
+        """Consistency check at start-up: head, accumulator, head block and state table agree."""
         try:
             version = self._meta("schema_version")
             if version is not None and int(codec.decode(version)) != _SCHEMA_VERSION:
@@ -146,6 +153,11 @@ class Store:
             stored = self.block(head.height)
             if stored is None or stored.header != head:
                 raise StoreCorrupt("head block is missing or differs from the recorded head")
+            if self._state_accumulator() != self.root():
+                raise StoreCorrupt(
+                    f"{self.path}: the state table does not match the state accumulator (a stored value "
+                    "changed on disk); run `umbra node --check`"
+                )
         except sqlite3.DatabaseError as exc:
             raise StoreCorrupt(f"database is damaged: {exc}") from None
         except (ValueError, KeyError, codec.CodecError) as exc:
@@ -159,9 +171,7 @@ class Store:
             if [r[0] for r in rows] != ["ok"]:
                 problems.extend(f"sqlite: {r[0]}" for r in rows[:20])
                 return problems
-            acc = StateRoot()
-            for key, value in self._db.execute("SELECT k, v FROM state"):
-                acc.apply(bytes(key), None, bytes(value))
+            acc = self._state_accumulator()
             if acc != self.root():
                 problems.append("state table does not match the stored accumulator")
             head = self.head()

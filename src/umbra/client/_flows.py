@@ -29,6 +29,7 @@ _DISTINCT = ("none", "operators", "tee_types")
 _MAX_REPLICAS = 7
 _JOB_FEE_DEFAULT = 10  # compute's own default when the chain has no job_fee parameter
 _QUERY_LIFETIME_MS = 5 * 60 * 1000  # within the core's 15 min limit, with room for clock skew
+_FAST_POLL_S = 2.0  # a settling job is polled at a quarter of the poll interval for this long
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Session:
     last_height: int = 0
     keys: dict[tuple[bytes, int], proto.ContractKey] = field(default_factory=dict)
     attested: set[bytes] = field(default_factory=set)  # workers whose evidence we re-verified
+    contracts: dict[bytes, proto.ContractRecord] = field(default_factory=dict)  # immutable once deployed
 
 
 # ---- node reads -------------------------------------------------------------------------------------
@@ -160,6 +162,14 @@ def contract(contract_id: bytes) -> Flow[proto.ContractRecord]:
     if doc is None:
         raise UmbraError("unknown_contract", f"no contract {codec.to_hex(contract_id)} on this chain")
     return proto.ContractRecord.from_json(doc)
+
+
+def contract_record(s: Session, contract_id: bytes) -> Flow[proto.ContractRecord]:
+    """`contract`, kept per session: a deployed contract's id, owner and code hash never change."""
+    cached = s.contracts.get(contract_id)
+    if cached is None:
+        cached = s.contracts[contract_id] = yield from contract(contract_id)
+    return cached
 
 
 def current_epoch() -> Flow[int]:
@@ -315,20 +325,31 @@ def _request(
 
 
 def wait_job(s: Session, job: bytes) -> Flow[dict[str, Any]]:
-    deadline = time.monotonic() + s.settings.job_timeout
+    """The job's record as stored (CBOR: signed fields come back exactly) once it settled or failed.
+
+    A command settles a block after its request's block at the earliest: the first look is a poll
+    interval after the request was included, then every quarter interval for a while (each look
+    that comes late costs the caller that much latency), then less and less often.
+    """
+    start = time.monotonic()
+    deadline = start + s.settings.job_timeout
     interval = s.settings.poll_interval
+    yield Sleep(interval)
     while True:
-        doc = yield from state("compute", "job", job)
-        if doc is not None and doc.get("status") in ("settled", "failed"):
-            return dict(doc)
+        doc = yield from raw_state("compute", "job", job)
+        if isinstance(doc, dict) and doc.get("status") in ("settled", "failed"):
+            return doc
         if time.monotonic() >= deadline:
             raise UmbraError(
                 "timeout",
                 f"job {codec.to_hex(job)} did not settle within {s.settings.job_timeout:.0f} s; "
                 "it may still settle (its record is at /state/compute/job)",
             )
-        yield Sleep(interval)
-        interval = min(interval * 1.5, 0.5)
+        if time.monotonic() - start < _FAST_POLL_S:
+            yield Sleep(s.settings.poll_interval / 4)
+        else:
+            yield Sleep(interval)
+            interval = min(interval * 1.5, 0.5)
 
 
 def raw_state(module: str, item: str, key: bytes) -> Flow[Any]:
@@ -383,14 +404,13 @@ def run_job(
     """Request a job, wait for it to settle, verify every agreeing worker and open the output."""
     _check_call_args(method, args, replicas, value, distinct)
     cid = yield from chain_id(s)
-    record = yield from contract(contract_id)
+    record = yield from contract_record(s, contract_id)
     ckey = yield from contract_key(s, contract_id)
     stx, sealed, reply_key = yield from _request(
         s, key, ckey, method=method, args=args, replicas=replicas, value=value, distinct=distinct
     )
     job = proto.job_id(stx.hash)
-    yield from wait_job(s, job)
-    doc = yield from raw_state("compute", "job", job)
+    doc = yield from wait_job(s, job)
     if not isinstance(doc, dict):
         raise UmbraError("bad_response", f"the node lost the record of job {codec.to_hex(job)}")
     outcome = doc.get("outcome") or {}

@@ -53,6 +53,10 @@ ROLES = ("worker", "gatekeeper")
 _IDENTITY_VERSION = 1
 # The checkpoint is rewritten when something the core acts on changed, and at least this often.
 _CHECKPOINT_EVERY = 256
+# Notes that alone do not call for a checkpoint: a job assignment changes nothing the core keeps
+# apart from its view, which a restart rebuilds by replaying the blocks after the checkpoint. (Under
+# load one comes nearly every block, and a checkpoint encodes, seals and fsyncs the whole view.)
+_NO_CHECKPOINT = frozenset({"job_assigned"})
 _MAX_ALERTS = 32
 
 
@@ -290,7 +294,10 @@ class Core:
             for note in block_notes:
                 self._act(note)
             notes.extend(block_notes)
-        if notes or view.height - self._checkpoint_height >= _CHECKPOINT_EVERY:
+        if (
+            any(n.kind not in _NO_CHECKPOINT for n in notes)
+            or view.height - self._checkpoint_height >= _CHECKPOINT_EVERY
+        ):
             self._save_checkpoint()
         if refused is not None:
             raise CoreFault("forged_block", f"{refused} (the core stays at height {view.height})")

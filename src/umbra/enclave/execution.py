@@ -29,6 +29,7 @@ import logging
 from typing import Any
 
 from umbra import codec, crypto
+from umbra.chain.modules.contracts import MAX_STATE_BYTES
 from umbra.enclave.chainview import ChainView
 from umbra.enclave.keytree import ContractKeys, MasterKey
 from umbra.enclave.sandbox import ContractHost, RunResult, SandboxFault
@@ -247,6 +248,13 @@ class Executor:
             result = RunResult(
                 True, ["wrong", result.output], None, result.state, result.transfers, result.events
             )
+        new_blob = seal_state(keys, epoch, prev_version + 1, result.state) if result.ok else None
+        if new_blob is not None and len(new_blob) > MAX_STATE_BYTES:
+            # Settlement would refuse it: fail the job instead, as every honest replica does.
+            result = RunResult.failure(
+                f"the contract's new state is {len(new_blob)} bytes sealed; its quota is {MAX_STATE_BYTES}"
+            )
+            new_blob = None
         value = result.output if result.ok else {"error": result.error}
         k_job = keys.k_job(job_id)
         opened_output = (
@@ -257,7 +265,6 @@ class Executor:
             codec.encode({**opened_output, "k_job": k_job}),
             codec.encode({"chain_id": self._chain_id, "job": job_id}),
         )
-        new_blob = seal_state(keys, epoch, prev_version + 1, result.state) if result.ok else None
         body = {
             "job": job_id,
             "contract": contract_id,

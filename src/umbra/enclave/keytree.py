@@ -9,6 +9,7 @@ Only enclave cores ever build these objects.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -21,6 +22,9 @@ from umbra import crypto
 __all__ = ["ContractKeys", "MasterKey", "evm_address"]
 
 _SECP256K1_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+# Derived contract keys kept per master: deriving costs about a millisecond (the secp256k1 scalar
+# multiplication above all), and every job and query of a contract needs them.
+_CONTRACT_CACHE = 4096
 
 
 def evm_address(public_key: ec.EllipticCurvePublicKey) -> bytes:
@@ -60,12 +64,24 @@ class MasterKey:
             raise ValueError("a master secret is 32 bytes")
         self.secret = secret
         self._ecdh = crypto.EcdhKey(crypto.derive_key(secret, "umbra/master-ecdh"))
+        self._contracts: OrderedDict[bytes, ContractKeys] = OrderedDict()
 
     @property
     def public_key(self) -> bytes:
         return self._ecdh.public_key
 
     def contract(self, contract: bytes) -> ContractKeys:
+        """The contract's keys (derived once, then kept: they are a pure function of both inputs)."""
+        keys = self._contracts.get(contract)
+        if keys is None:
+            keys = self._contracts[contract] = self._derive(contract)
+            if len(self._contracts) > _CONTRACT_CACHE:
+                self._contracts.popitem(last=False)
+        else:
+            self._contracts.move_to_end(contract)
+        return keys
+
+    def _derive(self, contract: bytes) -> ContractKeys:
         def derive(label: str) -> bytes:
             return crypto.derive_key(self.secret, label, contract)
 

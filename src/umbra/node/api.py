@@ -37,7 +37,14 @@ log = logging.getLogger("umbra.api")
 MAX_BODY = 2 * 1024 * 1024
 MAX_BATCH = 2000
 _HISTORY_SCAN = 10_000  # blocks one /history/events call reads
-_STATUS_OF = {"too_large": 413, "mempool_full": 429, "duplicate": 409, "bad_nonce": 409}
+_STATUS_OF = {
+    "too_large": 413,
+    "mempool_full": 429,
+    "rate_limited": 429,
+    "duplicate": 409,
+    "bad_nonce": 409,
+    "disk_full": 507,
+}
 
 
 class TxIn(BaseModel):
@@ -260,6 +267,7 @@ def create_app(node: Node, *, rate: float = 5000.0, burst: float = 10000.0) -> A
             "role": "evm" if node.evm is not None else "sequencer" if node.is_sequencer else "follower",
             "ordering": node.ordering,
             "halted": node.halted,
+            "disk_full": node.disk_full,
             **extra,
         }
 
@@ -487,6 +495,8 @@ def create_app(node: Node, *, rate: float = 5000.0, burst: float = 10000.0) -> A
     async def health() -> Any:
         if node.halted:
             return _error(503, "halted", node.halted)
+        if node.disk_full:
+            return _error(503, "disk_full", node.disk_full)
         return {"ok": True, "height": node.store.head().height}
 
     @app.get("/metrics", summary="Prometheus metrics")

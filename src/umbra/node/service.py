@@ -46,6 +46,7 @@ class NodeConfig:
     follow_url: str | None = None  # follower mode
     evm: EvmSettings | None = None  # evm mode: derive from an inbox contract
     mempool_capacity: int = 100_000
+    max_pending_per_sender: int = 256  # per-account admission limit (429 rate_limited beyond it)
     max_pages: int | None = None  # SQLite quota (tests of disk-full behaviour)
 
 
@@ -74,12 +75,19 @@ class Node:
         self.genesis = self.store.genesis()
         self.runtime = Runtime(self.genesis)
         self.view = ReadView(self.store)
-        self.mempool = Mempool(self.runtime, self.view, capacity=config.mempool_capacity)
+        self.mempool = Mempool(
+            self.runtime,
+            self.view,
+            capacity=config.mempool_capacity,
+            per_sender=config.max_pending_per_sender,
+        )
         self._verify_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._listeners: list[Callable[[BlockNotice], None]] = []
         self.halted: str | None = None
+        # Why the last block could not be committed (the disk is full), until one commits again.
+        self.disk_full: str | None = None
         self.started_at = time.time()
         self.evm: EvmSource | None = None
         if config.evm is not None:
@@ -175,6 +183,9 @@ class Node:
             else:
                 why = "this node follows another; submit to the sequencer"
             return [AdmissionError("not_accepting", why) for _ in raws]
+        if self.disk_full is not None:
+            why = f"the node cannot store blocks ({self.disk_full}); free disk space, then retry"
+            return [AdmissionError("disk_full", why) for _ in raws]
         decoded: list[SignedTx | AdmissionError] = []
         for raw in raws:
             try:
@@ -220,7 +231,9 @@ class Node:
             try:
                 self.produce_block(key)
             except StoreFull as exc:
-                log.error("block not committed: %s", exc)
+                if self.disk_full is None:
+                    log.error("block not committed: %s; refusing txs until a block commits again", exc)
+                self.disk_full = str(exc)
                 time.sleep(1)
             except Exception:
                 log.exception("block production failed; retrying")
@@ -260,6 +273,12 @@ class Node:
                     log.warning("cannot pull blocks from %s: %s", url, exc)
                     imported = 0
                     self._stop.wait(1.0)
+                except StoreFull as exc:  # keep following once there is space again
+                    if self.disk_full is None:
+                        log.error("block not committed: %s; retrying until it commits", exc)
+                    self.disk_full = str(exc)
+                    imported = 0
+                    self._stop.wait(1.0)
                 if imported == 0:
                     self._stop.wait(0.05)
 
@@ -284,6 +303,9 @@ class Node:
     # ---- commit + notify -----------------------------------------------------------------------
     def _commit(self, block: Block, outcome: BlockOutcome) -> None:
         self.store.commit_block(block, outcome)
+        if self.disk_full is not None:
+            log.warning("blocks commit again (height %d): accepting txs", block.header.height)
+            self.disk_full = None
         notice = BlockNotice(block, outcome)
         for listener in list(self._listeners):
             try:

@@ -36,7 +36,7 @@ from umbra import codec, crypto
 from umbra.chain.blocks import build_block
 from umbra.chain.runtime import BlockOutcome, Runtime
 from umbra.chain.state import State
-from umbra.chain.store import ReadView, Store
+from umbra.chain.store import ReadView, Store, StoreFull
 from umbra.chain.types import Block, GenesisConfig, MalformedError, SignedTx
 from umbra.ordering.evm_inbox import MAX_BATCH_BYTES, Inbox, InboxError, decode_batch
 from umbra.ordering.evm_rpc import EvmAccount, EvmBlock, EvmError, EvmRpc, address_hex
@@ -562,6 +562,10 @@ class EvmSource:
                 return
             except (EvmError, ValueError, KeyError, codec.CodecError) as exc:
                 log.warning("EVM derivation from %s: %s; retrying", self.settings.url, exc)
+                stop.wait(1.0)
+                continue
+            except StoreFull as exc:  # nothing was committed: derive the same block again later
+                log.error("block not committed: %s; retrying", exc)
                 stop.wait(1.0)
                 continue
             if derived < self.settings.max_blocks_per_poll:

@@ -2,7 +2,9 @@
 
 Admission here is the stateful half (nonce, fee floor, funds including what the sender already
 has pending); the stateless half (decode, size, chain id, call shape, signature) runs before,
-outside the lock, so signature checks can proceed in parallel.
+outside the lock, so signature checks can proceed in parallel. Two bounds keep it finite: the
+whole pool (`capacity`, refused as `mempool_full`) and each sender's queue (`per_sender`, refused
+as `rate_limited`); both are back-pressure, answered 429 with Retry-After.
 """
 
 from __future__ import annotations
@@ -25,10 +27,13 @@ class _SenderQueue:
 
 
 class Mempool:
-    def __init__(self, runtime: Runtime, backend: StateBackend, *, capacity: int = 100_000) -> None:
+    def __init__(
+        self, runtime: Runtime, backend: StateBackend, *, capacity: int = 100_000, per_sender: int = 256
+    ) -> None:
         self._runtime = runtime
         self._backend = backend
         self._capacity = capacity
+        self._per_sender = per_sender
         self._lock = threading.Lock()
         self._senders: OrderedDict[bytes, _SenderQueue] = OrderedDict()
         self._by_hash: dict[bytes, SignedTx] = {}
@@ -63,6 +68,12 @@ class Mempool:
                 )
             if tx.nonce in queue.txs:
                 raise AdmissionError("duplicate", f"another tx with nonce {tx.nonce} is already pending")
+            if len(queue.txs) >= self._per_sender:
+                raise AdmissionError(
+                    "rate_limited",
+                    f"this account already has {len(queue.txs)} txs waiting (the limit per account); "
+                    "retry once some are included",
+                )
             # Any unused nonce in the window is fine: concurrent clients' txs arrive out of order, and
             # the queue may still hold txs a just-committed block included (until `remove`).
             limit = int(self._runtime.system.param(state, "max_future_nonces"))

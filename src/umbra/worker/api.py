@@ -7,7 +7,9 @@
 - `GET /keys/{contract}?epoch=`: the contract's public keys as this core derives them.
 - `GET /health`, `GET /info` (identity, TEE, height, registration and key status).
 
-Refusals are 4xx `{"error": {"code", "message"}}`; a worker that is behind answers 503.
+Refusals are 4xx `{"error": {"code", "message"}}`; a worker that is behind answers 503. The same
+guards as the node's stand in front: a body above MAX_BODY gets 413 (after it is drained), and each
+client IP gets a token bucket (`rate`/s, `burst`), beyond which it gets 429 with Retry-After.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from starlette.exceptions import HTTPException
 from umbra import codec
 from umbra.client._node import UmbraError
 from umbra.enclave.transport import CoreError
+from umbra.node._limits import BodyLimit, RateLimit
 from umbra.worker.host import Host
 
 __all__ = ["create_app"]
 
 MAX_QUERY_HEX = 2 * 1024 * 1024
+MAX_BODY = MAX_QUERY_HEX + 64 * 1024  # a largest query, its JSON and the other fields
 _STATUS = {"behind": 503, "core_gone": 503, "unreachable": 503, "timeout": 503, "not_found": 404}
 
 
@@ -41,7 +45,8 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
-def create_app(host: Host) -> FastAPI:
+def create_app(host: Host, *, rate: float = 200.0, burst: float = 400.0) -> Any:
+    """The worker's API behind its body-size and per-IP rate guards (`.fastapi` is the bare app)."""
     app = FastAPI(title="Umbra worker", version="1", description="Sealed queries to an Umbra TEE worker.")
 
     @app.exception_handler(RequestValidationError)
@@ -106,4 +111,6 @@ def create_app(host: Host) -> FastAPI:
             "sealed_reply": codec.to_hex(answer["sealed_reply"]),
         }
 
-    return app
+    guarded: Any = RateLimit(BodyLimit(app, MAX_BODY), rate=rate, burst=burst)
+    guarded.fastapi = app
+    return guarded

@@ -109,6 +109,10 @@ class _InFlight:
         now = time.monotonic()
         self.posted = {k: v for k, v in self.posted.items() if now - v[0] < _IN_FLIGHT_S}
 
+    def release(self, tx_hash: bytes) -> None:
+        """The duty whose tx this is is done: it may come due again (a heartbeat) at once."""
+        self.posted = {k: v for k, v in self.posted.items() if v[1] != tx_hash}
+
 
 class Host:
     def __init__(
@@ -364,15 +368,21 @@ class Host:
 
     # ---- duties --------------------------------------------------------------------------------
     def _check_receipts(self) -> None:
-        """Say in the log when a posted tx failed in its block (the duty is retried later)."""
+        """Release a duty once its tx is included and the core has seen that block (under load
+        blocks come every block_ms, so a heartbeat must not wait out _IN_FLIGHT_S); say in the
+        log when a posted tx failed in its block (the duty is retried later)."""
         now = time.monotonic()
         for tx_hash, (posted, what) in list(self._in_flight.unchecked.items()):
             if now - posted < 1.0:
                 continue
             record = self.client.tx(tx_hash)
             if record.get("status") == "included":
+                if record.get("ok") and int(record.get("block") or 0) > self._height:
+                    continue  # the core has not applied that block yet: the duty still shows as due
                 del self._in_flight.unchecked[tx_hash]
-                if not record.get("ok"):
+                if record.get("ok"):
+                    self._in_flight.release(tx_hash)
+                else:
                     log.warning(
                         "%s failed in block %s: %s (%s)",
                         what,
