@@ -74,6 +74,9 @@ def _length_first_is_bytewise(value: Any) -> bool:
                 return False
         return True
     if isinstance(value, list | tuple):
+        # The element types first, in C: a long list of scalars (job ids, say) needs no walk.
+        if not any(issubclass(kind, dict | list | tuple) for kind in set(map(type, value))):
+            return True
         return all(_length_first_is_bytewise(item) for item in value if isinstance(item, dict | list | tuple))
     return True
 

@@ -126,7 +126,7 @@ class Compute(Module):
     waiting = StorageValue("waiting", [])  # contracts with queued jobs and none running, oldest first
     running = StorageMap("running")  # contract -> job id
     load = StorageMap("load")  # worker -> jobs assigned and not finished
-    deadlines = StorageMap("deadline")  # height -> [job ids due then]: a block reads only its own
+    deadlines = StorageMap("deadline")  # height -> [job ids assigned with it]: a block reads only its own
     refusals = StorageMap("refusals")  # worker -> results refused since its last slash
 
     # ---- interface -------------------------------------------------------------------------------
@@ -277,6 +277,7 @@ class Compute(Module):
         candidates = self._candidates(block)
         ranking = _Ranking(candidates, lambda wid: int(self.load.get(block.state, wid, 0)))
         still_waiting = []
+        due: dict[int, list[bytes]] = {}  # deadline height -> jobs assigned now, written once below
         for contract in waiting:
             queue = self.queues.get(block.state, contract, [])
             if not queue:
@@ -288,12 +289,17 @@ class Compute(Module):
                 still_waiting.append(contract)
                 continue
             self.queues.set(block.state, contract, queue[1:])
-            self._assign(block, job, workers)
+            self._assign(block, job, workers, due)
             for worker in workers:
                 ranking.bump(worker)
+        # One write per deadline height, not one per job (each rewrote the whole growing list).
+        for height, jobs in due.items():
+            self.deadlines.set(block.state, height, [*self.deadlines.get(block.state, height, []), *jobs])
         self.waiting.set(block.state, still_waiting)
 
-    def _assign(self, block: BlockContext, job: dict[str, Any], workers: list[bytes]) -> None:
+    def _assign(
+        self, block: BlockContext, job: dict[str, Any], workers: list[bytes], due: dict[int, list[bytes]]
+    ) -> None:
         contract_state = self.rt.contracts.current_state(block.state, job["contract"])
         deadline = block.height + int(job["deadline_blocks"])
         job.update(
@@ -309,7 +315,7 @@ class Compute(Module):
         self.running.set(block.state, job["contract"], job["id"])
         for worker in workers:
             self.load.set(block.state, worker, self.load.get(block.state, worker, 0) + 1)
-        self.deadlines.set(block.state, deadline, [*self.deadlines.get(block.state, deadline, []), job["id"]])
+        due.setdefault(deadline, []).append(job["id"])
         self.emit(
             block,
             "JobAssigned",
@@ -324,11 +330,9 @@ class Compute(Module):
     def _release(self, state: State, job: dict[str, Any]) -> None:
         for worker in job["workers"]:
             self.load.set(state, worker, max(0, self.load.get(state, worker, 0) - 1))
-        due = [j for j in self.deadlines.get(state, job["deadline_height"], []) if j != job["id"]]
-        if due:
-            self.deadlines.set(state, job["deadline_height"], due)
-        else:
-            self.deadlines.delete(state, job["deadline_height"])
+        # The job stays in its deadline bucket: `_expire` skips a job that is no longer assigned
+        # with that deadline and drops the whole bucket at its height. (Taking it out here rewrote
+        # the bucket, every job assigned in that block, at each settlement.)
         self.running.delete(state, job["contract"])
         if self.queues.get(state, job["contract"], []):
             self._mark_waiting(state, job["contract"])
@@ -367,6 +371,7 @@ class Compute(Module):
             self.queues.set(block.state, job["contract"], [job["id"], *queue])
             self._mark_waiting(block.state, job["contract"])
             self.emit(block, "JobReassigned", job=job["id"], silent=silent)
+        self.deadlines.delete(block.state, block.height)
 
     # ---- results -------------------------------------------------------------------------------
     @call()
