@@ -121,9 +121,6 @@ class AdvNet(Net):
             with contextlib.suppress(OSError):
                 proc.stop()
 
-    def account_key(self, name: str) -> crypto.SigningKey:
-        return self.key(name)
-
 
 def make_network(
     root: Path,

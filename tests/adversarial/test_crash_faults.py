@@ -12,14 +12,12 @@ and `UMBRA_ADV_SEED` the random schedule (printed, and recorded in crash.json).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -281,5 +279,3 @@ def test_kill_9_of_node_workers_and_gatekeeper_under_load_loses_nothing(adv_netw
             "lost": 0,
         },
     )
-    with contextlib.suppress(OSError):
-        print(Path(net.root).as_posix())
