@@ -1,6 +1,8 @@
 """`umbra dev --ordering evm` orchestration (umbra.node._dev_evm) against a real anvil: the inbox is
 deployed and the dev genesis bound to it once, the nodes it starts agree, and after everything is
-killed with SIGKILL the network resumes from anvil's state file and the nodes' stores."""
+killed with SIGKILL the network resumes from anvil's state file and the nodes' stores. On a whole
+`umbra dev --ordering evm --nodes 2`, a confidential call sent to one node runs on a worker attached
+to the other."""
 
 from __future__ import annotations
 
@@ -16,8 +18,10 @@ from pathlib import Path
 import pytest
 
 from tests.evm.conftest import HTTP, UMBRA, wait_until
+from tests.worker.conftest import Dev
 from umbra import RUNTIME_VERSION, codec, crypto
 from umbra.chain.types import GenesisConfig
+from umbra.client import Client
 from umbra.node import _dev_evm as dev_evm
 from umbra.node._dev_evm import ANVIL_NPM_PACKAGE, AnvilNotFound, EvmDev, anvil_command, free_port
 from umbra.ordering.evm import evm_binding
@@ -116,3 +120,55 @@ def test_without_anvil_dev_says_how_to_install_it(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(dev_evm, "_repo_root", lambda: tmp_path)
     with pytest.raises(AnvilNotFound, match=re.escape(f"npm install --no-save {ANVIL_NPM_PACKAGE}")):
         anvil_command(port=1)
+
+
+COUNTER = """
+from umbra.contract import Contract, command
+
+
+class Counter(Contract):
+    def init(self, ctx, start=0):
+        self.state["n"] = start
+
+    @command
+    def add(self, ctx, by=1):
+        self.state["n"] += by
+        return self.state["n"]
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_a_call_through_node_a_completes_on_a_worker_attached_to_node_b(
+    anvil_bin: Path, tmp_path: Path
+) -> None:
+    dev = Dev(tmp_path / "dev", free_port(), 1, ("--ordering", "evm", "--nodes", "2")).start()
+    try:
+        doc = dev.ready(180)
+        node_a, node_b = (n["url"] for n in doc["nodes"])
+        (worker,) = doc["workers"]
+        # The worker talks to node B first (its txs go there), and follows node A only for the
+        # quorum its core needs before it believes a block.
+        argv = Path(f"/proc/{worker['pid']}/cmdline").read_bytes().split(b"\0")
+        assert argv[argv.index(b"--node") + 1].decode().split(",") == [node_b, node_a]
+        assert worker["node"] == node_b
+
+        with Client(node_a, crypto.load_signing_key(doc["keys"]["alice"])) as client:
+            counter = client.deploy(COUNTER, init={"start": 1}).contract_id
+            result = client.call(counter, "add", {"by": 2})
+        assert result.output == 3 and result.verified and result.workers == [worker["id"]]
+
+        # Both nodes derived the settlement from the inbox, at the same height with the same root.
+        def job_on(url: str) -> dict[str, object]:
+            reply = HTTP.get(f"{url}/state/compute/job", params={"key": result.job_id}, timeout=10)
+            value: dict[str, object] = reply.json().get("value") or {}
+            return value
+
+        wait_until(
+            lambda: job_on(node_a).get("status") == job_on(node_b).get("status") == "settled", 30, "both"
+        )
+        settled = int(str(job_on(node_a)["settled_height"]))
+        roots = {HTTP.get(f"{u}/blocks/{settled}").json()["state_root"] for u in (node_a, node_b)}
+        assert len(roots) == 1
+    finally:
+        dev.kill_all()

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,7 +18,7 @@ import httpx
 import pytest
 
 import umbra
-from tests.node.conftest import UMBRA, UmbraProcess, free_port, wait_until
+from tests.node.conftest import UMBRA, UmbraProcess, child_env, free_port, wait_until
 from umbra import codec, crypto
 from umbra.client._node import NodeClient
 from umbra.node.dev import DEV_ACCOUNTS, dev_genesis
@@ -187,3 +190,84 @@ def run_json(*args: str, timeout: float = 60) -> tuple[int, dict[str, Any]]:
     lines = [line for line in done.stdout.splitlines() if line.strip().startswith("{")]
     assert lines, f"no JSON on stdout: {done.stdout!r} {done.stderr[-2000:]!r}"
     return done.returncode, json.loads(lines[-1])
+
+
+# ---- `umbra dev` as a whole -----------------------------------------------------------------------
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError, ValueError):  # a zombie is dead for our purposes
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    return True
+
+
+class Dev:
+    def __init__(self, data_dir: Path, port: int, workers: int, extra: tuple[str, ...] = ()) -> None:
+        self.dir, self.port, self.workers, self.extra = data_dir, port, workers, extra
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Dev:
+        log = open(self.dir.parent / f"dev-{self.dir.name}.log", "ab")  # noqa: SIM115 - the child keeps it
+        argv = [
+            UMBRA,
+            "dev",
+            "--data-dir",
+            str(self.dir),
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+            *self.extra,
+        ]
+        self.popen = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=child_env()
+        )
+        log.close()
+        return self
+
+    def ready(self, timeout: float) -> dict[str, Any]:
+        path = self.dir / "dev.json"
+        wait_until(lambda: path.exists() or not self._running(), timeout, "dev.json")
+        assert self._running(), (self.dir.parent / f"dev-{self.dir.name}.log").read_text()[-3000:]
+        doc: dict[str, Any] = json.loads(path.read_text())
+        return doc
+
+    def _running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def kill_all(self) -> None:
+        assert self.popen is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(timeout=20)
+
+    def terminate(self) -> None:
+        assert self.popen is not None
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=30)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def dev(tmp_path: Path) -> Any:
+    started: list[Dev] = []
+
+    def make(
+        workers: int = 3, data_dir: Path | None = None, port: int | None = None, extra: tuple[str, ...] = ()
+    ) -> Dev:
+        item = Dev(data_dir or tmp_path / "dev", port or free_port(), workers, extra).start()
+        started.append(item)
+        return item
+
+    yield make
+    for item in started:
+        if item.popen is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(item.popen.pid, signal.SIGKILL)
+            item.popen.wait(timeout=20)

@@ -474,16 +474,49 @@ def dev(
     fresh: Annotated[bool, typer.Option("--fresh", help="wipe the data dir first")] = False,
     ordering: Annotated[str, typer.Option("--ordering", help="local|evm")] = "local",
     nodes: Annotated[int, typer.Option("--nodes", min=1)] = 1,
+    tee_mix: Annotated[
+        str, typer.Option("--tee-mix", help="TEE types the sim workers present, round-robin")
+    ] = "sgx,tdx,sev-snp",
+    worker_faults: Annotated[
+        list[str] | None,
+        typer.Option("--worker-fault", help="I=FAULT: start worker I with `umbra worker --fault FAULT`"),
+    ] = None,
     as_json: JsonOpt = False,
     node: NodeOpt = None,
     key: KeyOpt = None,
 ) -> None:
     """Run a whole local network in the foreground; writes DIR/dev.json when ready."""
     from umbra.node.dev import DevNetwork
+    from umbra.tee._sim import PRESENTED_TYPES
+    from umbra.worker.host import HostError, check_fault
 
     if ordering not in ("local", "evm"):
         _fail(as_json, "usage", "--ordering is local or evm", 2)
-    network = DevNetwork(data_dir, port=port, workers=workers, fresh=fresh, ordering=ordering, nodes=nodes)
+    mix = tuple(t.strip() for t in tee_mix.split(","))
+    if not all(t in PRESENTED_TYPES for t in mix):
+        _fail(as_json, "usage", f"--tee-mix takes types from {', '.join(PRESENTED_TYPES)}", 2)
+    faults: dict[int, str] = {}
+    for spec in worker_faults or []:
+        index, _, fault = spec.partition("=")
+        if not index.isdigit() or int(index) >= workers:
+            _fail(
+                as_json, "usage", f"--worker-fault {spec!r}: I=FAULT with I a worker index below {workers}", 2
+            )
+        try:
+            check_fault(fault)
+        except HostError as exc:
+            _fail(as_json, "usage", exc.message, 2)
+        faults[int(index)] = fault
+    network = DevNetwork(
+        data_dir,
+        port=port,
+        workers=workers,
+        fresh=fresh,
+        ordering=ordering,
+        nodes=nodes,
+        tee_mix=mix,
+        worker_faults=faults,
+    )
     try:
         code = network.run()
     except RuntimeError as exc:

@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,9 +42,12 @@ __all__ = ["DevNetwork", "dev_genesis", "free_port"]
 DEV_ACCOUNTS = ("alice", "bob", "charlie")
 DEV_ENDOWMENT = 10**15
 OPERATOR_FUNDS = 10**12
+DEV_STAKE = 10**6  # bonded by each dev worker's operator: well above every slash
+DEV_COMMISSION_PPM = 100_000
 DEV_PARAMS = {"block_ms": 100, "idle_ms": 1000, "tx_fee": 1, "job_deadline_blocks": 20}
 SIM_ATTESTATION_TTL_MS = 3600 * 1000
-# Sim workers present these types in turn, so `distinct: tee_types` requests work on a dev network.
+# Sim workers present these types in turn (`--tee-mix`), so `distinct: tee_types` requests work on a
+# dev network.
 DEV_TEE_TYPES = ("sgx", "tdx", "sev-snp")
 GATEKEEPER = "gatekeeper0"
 READY_TIMEOUT_S = 150.0
@@ -137,13 +141,24 @@ class _Proc:
 
 class DevNetwork:
     def __init__(
-        self, data_dir: Path, *, port: int, workers: int, fresh: bool, ordering: str, nodes: int
+        self,
+        data_dir: Path,
+        *,
+        port: int,
+        workers: int,
+        fresh: bool,
+        ordering: str,
+        nodes: int,
+        tee_mix: tuple[str, ...] = DEV_TEE_TYPES,
+        worker_faults: Mapping[int, str] | None = None,
     ) -> None:
         self.dir = data_dir.resolve()
         self.port = port
         self.workers = workers
         self.ordering = ordering
         self.nodes = nodes
+        self.tee_mix = tee_mix
+        self.worker_faults = dict(worker_faults or {})
         if fresh and self.dir.exists():
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -246,12 +261,9 @@ class DevNetwork:
             for proc in nodes:
                 self._wait_healthy(proc, proc.info["url"])
             self._fund_operators(node_url)
-            # Every node, first the one txs go to: on an evm-ordered chain a worker's core needs
-            # the attestations of several nodes before it believes a block.
-            self._start_tee_hosts(
-                ",".join([node_url, *(p.info["url"] for p in nodes if p.info["url"] != node_url)])
-            )
+            self._start_tee_hosts([node_url, *(p.info["url"] for p in nodes if p.info["url"] != node_url)])
             self._wait_ready()
+            self._stake_workers(node_url)
             self._write_dev_json()
             print(f"umbra dev: network ready at {node_url}; dev.json at {self.dir / 'dev.json'}", flush=True)
             return self._supervise()
@@ -320,7 +332,38 @@ class DevNetwork:
                 except UmbraError as exc:
                     raise RuntimeError(f"cannot fund the operator of {name}: {exc.message}") from None
 
-    def _tee_host(self, role: str, name: str, node_url: str, tee_type: str) -> _Proc:
+    def _stake_workers(self, node_url: str) -> None:
+        """Each worker's operator opens its pool and bonds DEV_STAKE once, as a production operator
+        would: slashes then cost something on a dev network too."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from umbra.client._node import NodeClient, UmbraError
+
+        def stake(proc: _Proc) -> None:
+            operator = self._key(f"{proc.name}-operator")
+            worker = codec.from_hex(proc.info["id"])
+            with NodeClient(node_url) as client:
+                try:
+                    try:
+                        client.get("/state/staking/pool", key=proc.info["id"])
+                        return  # opened on an earlier run of this network
+                    except UmbraError as exc:
+                        if exc.code != "not_found":
+                            raise
+                    client.call(
+                        operator, "staking", "create_pool", worker=worker, commission_ppm=DEV_COMMISSION_PPM
+                    )
+                    client.call(operator, "staking", "delegate", worker=worker, amount=DEV_STAKE)
+                except UmbraError as exc:
+                    raise RuntimeError(f"cannot stake {proc.name}: {exc.message}") from None
+
+        workers = [p for p in self._tee_procs() if p.info["role"] == "worker"]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(stake, workers))
+
+    def _tee_host(
+        self, role: str, name: str, node_urls: list[str], tee_type: str, fault: str | None = None
+    ) -> _Proc:
         port = self._port(name)
         argv = self._umbra(
             role,
@@ -329,7 +372,7 @@ class DevNetwork:
             "--port",
             str(port),
             "--node",
-            node_url,
+            ",".join(node_urls),
             "--key",
             str(self.dir / "keys" / f"{name}-operator.key"),
             "--sim-root",
@@ -338,15 +381,31 @@ class DevNetwork:
             tee_type,
             "--on-seal-failure",
             "new-identity",
+            *(("--fault", fault) if fault else ()),
         )
         proc = _Proc(name, argv, self.dir / "logs" / f"{name}.log")
-        proc.info = {"url": f"http://127.0.0.1:{port}", "tee": tee_type, "role": role}
+        proc.info = {"url": f"http://127.0.0.1:{port}", "tee": tee_type, "role": role, "node": node_urls[0]}
         return proc
 
-    def _start_tee_hosts(self, node_url: str) -> None:
-        hosts = [self._tee_host("gatekeeper", GATEKEEPER, node_url, "sim")]
+    def _start_tee_hosts(self, node_urls: list[str]) -> None:
+        """Every host follows every node (on an evm-ordered chain a worker's core needs the
+        attestations of several nodes before it believes a block) but talks first to one of them:
+        the gatekeeper to the first node, worker i to node (i + 1) mod n, so that workers sit on
+        other nodes than the one clients send their txs to."""
+
+        def starting_at(index: int) -> list[str]:
+            index %= len(node_urls)
+            return node_urls[index:] + node_urls[:index]
+
+        hosts = [self._tee_host("gatekeeper", GATEKEEPER, node_urls, "sim")]
         hosts += [
-            self._tee_host("worker", name, node_url, DEV_TEE_TYPES[i % len(DEV_TEE_TYPES)])
+            self._tee_host(
+                "worker",
+                name,
+                starting_at(i + 1),
+                self.tee_mix[i % len(self.tee_mix)],
+                self.worker_faults.get(i),
+            )
             for i, name in enumerate(self._worker_names())
         ]
         for proc in hosts:
@@ -401,6 +460,7 @@ class DevNetwork:
                     "url": p.info["url"],
                     "pid": p.popen.pid if p.popen else None,
                     "tee": p.info["tee"],
+                    "node": p.info["node"],
                 }
                 for p in tee
                 if p.info["role"] == "worker"
