@@ -607,74 +607,61 @@ def _run_tee_host(
         _fail(as_json, exc.code, exc.message, 2 if exc.code == "usage" else 1)
 
 
-@app.command()
-def worker(
-    data_dir: DataDirOpt = Path("./.umbra-worker"),
-    port: HostPortOpt = 9955,
-    host: HostOpt = "127.0.0.1",
-    endpoint: EndpointOpt = None,
-    tee_type: TeeTypeOpt = None,
-    sim_root: SimRootOpt = None,
-    on_seal_failure: SealFailureOpt = "fail",
-    sim_measurement: SimMeasurementOpt = None,
-    sim_debug: SimDebugOpt = False,
-    fault: FaultOpt = None,
-    as_json: JsonOpt = False,
-    node: NodeOpt = None,
-    key: KeyOpt = None,
-) -> None:
-    """Run a TEE worker: register (--key is the operator account), follow the chain, run jobs, answer queries."""
-    _run_tee_host(
+def _tee_host_command(role: str, default_dir: str, default_port: int, doc: str) -> Callable[..., None]:
+    """`umbra worker` and `umbra gatekeeper` take the same options; only the defaults differ."""
+
+    def command(
+        data_dir: DataDirOpt = Path(default_dir),
+        port: HostPortOpt = default_port,
+        host: HostOpt = "127.0.0.1",
+        endpoint: EndpointOpt = None,
+        tee_type: TeeTypeOpt = None,
+        sim_root: SimRootOpt = None,
+        on_seal_failure: SealFailureOpt = "fail",
+        sim_measurement: SimMeasurementOpt = None,
+        sim_debug: SimDebugOpt = False,
+        fault: FaultOpt = None,
+        as_json: JsonOpt = False,
+        node: NodeOpt = None,
+        key: KeyOpt = None,
+    ) -> None:
+        _run_tee_host(
+            role,
+            as_json=as_json,
+            node=node,
+            key=key,
+            data_dir=data_dir,
+            port=port,
+            host=host,
+            endpoint=endpoint,
+            tee_type=tee_type,
+            sim_root=sim_root,
+            on_seal_failure=on_seal_failure,
+            sim_measurement=sim_measurement,
+            sim_debug=sim_debug,
+            fault=fault,
+        )
+
+    command.__doc__ = doc
+    return command
+
+
+app.command("worker")(
+    _tee_host_command(
         "worker",
-        as_json=as_json,
-        node=node,
-        key=key,
-        data_dir=data_dir,
-        port=port,
-        host=host,
-        endpoint=endpoint,
-        tee_type=tee_type,
-        sim_root=sim_root,
-        on_seal_failure=on_seal_failure,
-        sim_measurement=sim_measurement,
-        sim_debug=sim_debug,
-        fault=fault,
+        "./.umbra-worker",
+        9955,
+        "Run a TEE worker: register (--key is the operator account), follow the chain, run jobs, answer queries.",
     )
-
-
-@app.command()
-def gatekeeper(
-    data_dir: DataDirOpt = Path("./.umbra-gatekeeper"),
-    port: HostPortOpt = 9956,
-    host: HostOpt = "127.0.0.1",
-    endpoint: EndpointOpt = None,
-    tee_type: TeeTypeOpt = None,
-    sim_root: SimRootOpt = None,
-    on_seal_failure: SealFailureOpt = "fail",
-    sim_measurement: SimMeasurementOpt = None,
-    sim_debug: SimDebugOpt = False,
-    fault: FaultOpt = None,
-    as_json: JsonOpt = False,
-    node: NodeOpt = None,
-    key: KeyOpt = None,
-) -> None:
-    """Run a gatekeeper: a worker that holds the master key, hands it over and publishes contract keys."""
-    _run_tee_host(
+)
+app.command("gatekeeper")(
+    _tee_host_command(
         "gatekeeper",
-        as_json=as_json,
-        node=node,
-        key=key,
-        data_dir=data_dir,
-        port=port,
-        host=host,
-        endpoint=endpoint,
-        tee_type=tee_type,
-        sim_root=sim_root,
-        on_seal_failure=on_seal_failure,
-        sim_measurement=sim_measurement,
-        sim_debug=sim_debug,
-        fault=fault,
+        "./.umbra-gatekeeper",
+        9956,
+        "Run a gatekeeper: a worker that holds the master key, hands it over and publishes contract keys.",
     )
+)
 
 
 def main() -> None:
