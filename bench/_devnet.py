@@ -111,7 +111,7 @@ class BenchNetwork:
         return wait_healthy(self.url, proc, timeout=90)
 
     def _start_tee(self, role: str, name: str, tee_type: str) -> Tee:
-        spec = self.dev._tee_host(role, name, self.url, tee_type)
+        spec = self.dev._tee_host(role, name, [self.url], tee_type)
         spec.argv += ["--sim-measurement", self.measurement]
         operator = crypto.load_signing_key(self.dev.dir / "keys" / f"{name}-operator.key")
         started = time.monotonic()
