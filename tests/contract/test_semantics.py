@@ -23,7 +23,7 @@ from tests.contract.conftest import (
     ok,
     query,
 )
-from umbra.contract import ContractRunner, JobSpec, LocalRunner
+from umbra.contract import ContractRunner, JobSpec, Limits, LocalRunner
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -254,6 +254,50 @@ def test_no_globals_leak_between_jobs(stateful: ContractRunner) -> None:
     for caller in (ALICE, BOB, ALICE):
         outcome = ok(stateful.run(command("globals_", {}, caller=caller)))
         assert outcome.output == {"calls": 1, "seen": [hexid(caller)]}
+
+
+REMEMBERING = """
+from umbra.contract import Contract, command, query
+
+SEEN = []  # what earlier jobs in this process saw
+
+class Remembering(Contract):
+    @query
+    def recall(self, ctx, note, burn_ms=0):
+        SEEN.append([ctx.caller, note, self.state["v"]])
+        spin = __import__("time").process_time() + burn_ms / 1000
+        while __import__("time").process_time() < spin:
+            pass
+        return {"seen": SEEN, "pid": __import__("os").getpid()}
+
+    @command
+    def remember(self, ctx, note):
+        SEEN.append([ctx.caller, note, self.state["v"]])
+        return {"seen": SEEN, "pid": __import__("os").getpid()}
+"""
+
+
+def test_a_query_child_is_kept_only_for_its_own_caller(make_runner: RunnerFactory) -> None:
+    runner = make_runner(REMEMBERING)
+    first = ok(runner.run(query("recall", {"v": 1}, caller=ALICE, args={"note": "a1"}))).output
+    again = ok(runner.run(query("recall", {"v": 2}, caller=ALICE, args={"note": "a2"}))).output
+    assert again["pid"] == first["pid"]  # kept: no fork for the same caller's next query
+    assert again["seen"][-1] == [hexid(ALICE), "a2", 2]  # its own args and the state it was sent
+    # Another caller, and any command, gets a fresh child: nothing ALICE's queries saw reaches it.
+    bob = ok(runner.run(query("recall", {"v": 3}, caller=BOB, args={"note": "b1"}))).output
+    assert bob["seen"] == [[hexid(BOB), "b1", 3]] and bob["pid"] != first["pid"]
+    cmd = ok(runner.run(command("remember", {"v": 4}, caller=ALICE, args={"note": "c"}))).output
+    assert cmd["seen"] == [[hexid(ALICE), "c", 4]] and cmd["pid"] not in (first["pid"], bob["pid"])
+    assert (
+        ok(runner.run(query("recall", {"v": 5}, caller=BOB, args={"note": "b2"}))).output["pid"] == bob["pid"]
+    )
+
+
+def test_a_kept_query_child_is_retired_past_its_share_of_the_cpu_budget(make_runner: RunnerFactory) -> None:
+    runner = make_runner(REMEMBERING, Limits(cpu_seconds=1))  # a kept child may use 1/50 of it: 20 ms
+    busy = ok(runner.run(query("recall", {"v": 1}, args={"note": "busy", "burn_ms": 60}))).output
+    after = ok(runner.run(query("recall", {"v": 1}, args={"note": "next"}))).output
+    assert after["pid"] != busy["pid"] and after["seen"] == [[hexid(ALICE), "next", 1]]
 
 
 def test_values_that_cannot_be_stored_fail_clearly(stateful: ContractRunner) -> None:

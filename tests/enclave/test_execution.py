@@ -147,7 +147,10 @@ class Client:
             records=workers,
         )
 
-    def query(self, signer: crypto.SigningKey, method: str, **args: Any) -> proto.VerifiedQuery:
+    def query(
+        self, signer: crypto.SigningKey, method: str, *, bare: bool = False, **args: Any
+    ) -> proto.VerifiedQuery:
+        """`bare`: send only the sealed query, as a host does when the core holds the rest."""
         request = proto.build_query(
             self.key(),
             caller=signer,
@@ -159,9 +162,8 @@ class Client:
         )
         state = self.net.chain.runtime.contracts.current_state(self.net.chain.state(), self.contract)
         code = self.net.chain.runtime.contracts.code.get(self.net.chain.state(), self.contract)
-        answer = self.worker.call(
-            "query", contract=self.contract, query=request.raw, state_blob=state["blob"], code=code
-        )
+        material = {} if bare else {"state_blob": state["blob"], "code": code}
+        answer = self.worker.call("query", contract=self.contract, query=request.raw, **material)
         reply = {
             "worker": codec.to_hex(answer["worker"]),
             "reply": codec.jsonable(answer["reply"]),
@@ -232,6 +234,23 @@ def test_owner_secrets_reach_the_contract_and_only_the_core_opens_them(deployed:
         )
     )
     assert deployed.call(ALICE, "secret_len").output == len(b"s3cr3t-value")
+
+
+def test_a_bare_query_runs_on_what_the_core_holds_and_asks_for_the_rest(deployed: Client) -> None:
+    from umbra.enclave.transport import CoreError
+
+    with pytest.raises(CoreError) as caught:  # no sandbox for this code yet: the host must send it
+        deployed.query(BOB, "get", bare=True)
+    assert caught.value.code == "needs_input"
+    deployed.call(ALICE, "__init__", start=5)
+    assert deployed.query(BOB, "get", bare=True).outcome.output["n"] == 5
+    deployed.call(BOB, "add", by=2)  # the core sealed this state itself: it needs no blob for it
+    answer = deployed.query(BOB, "get", bare=True)
+    state = deployed.net.chain.runtime.contracts.current_state(deployed.net.chain.state(), deployed.contract)
+    assert answer.outcome.output["n"] == 7 and answer.state_hash == state["state_hash"]
+    with pytest.raises(CoreError) as caught:  # what the host does send is still checked
+        deployed.worker.call("query", contract=deployed.contract, query=b"x", code=b"print(1)")
+    assert caught.value.code == "bad_code"
 
 
 def test_the_core_refuses_inputs_code_and_state_that_do_not_match_the_chain(deployed: Client) -> None:

@@ -68,6 +68,10 @@ _THREAD_PINS = (
 _FD_SIZE = array.array("i").itemsize
 _SETTLE_S = 0.5  # how long a finished child may take to exit before the runner kills it
 _GRACE_S = 5.0  # how long the host may take to report a killed child before it is replaced
+# Callers whose last query child is kept for their next query (see _kept_child), and the share of
+# a job's CPU budget a kept child may have used before it is retired instead.
+_KEPT_CALLERS = 8
+_KEPT_CPU_SHARE = 50
 
 
 class SandboxError(Exception):
@@ -213,6 +217,17 @@ def _outcome(job: JobSpec, payload: bytes, limits: Limits) -> JobOutcome:
     """Check a child's result frame field by field: contract code could have written it."""
     try:
         result = _values.decode(payload, what="the result")
+    except _values.ValueRejected as exc:
+        return _malformed(exc)
+    return _result_outcome(job, result, limits)
+
+
+def _malformed(exc: _values.ValueRejected) -> JobOutcome:
+    return _failure("contract", f"the job process returned a malformed result: {exc}")
+
+
+def _result_outcome(job: JobSpec, result: Any, limits: Limits) -> JobOutcome:
+    try:
         if not isinstance(result, dict) or not isinstance(result.get("ok"), bool):
             raise _values.ValueRejected("the result is not a map with a boolean 'ok'")
         if not result["ok"]:
@@ -236,7 +251,7 @@ def _outcome(job: JobSpec, payload: bytes, limits: Limits) -> JobOutcome:
             transfers=_transfers(result.get("transfers"), limits),
         )
     except _values.ValueRejected as exc:
-        return _failure("contract", f"the job process returned a malformed result: {exc}")
+        return _malformed(exc)
 
 
 def _decode_bounded(data: Any, limit: int, what: str) -> Any:
@@ -344,13 +359,18 @@ def _host_env() -> dict[str, str]:
 class _Spare:
     """A confined child, forked ahead of time, whose pipes the host handed to us (see _host)."""
 
-    __slots__ = ("generation", "job_w", "pid", "reader")
+    __slots__ = ("again", "generation", "job_w", "pid", "reader")
 
     def __init__(self, pid: int, generation: int, job_w: int, result_r: int, frame_limit: int) -> None:
         self.pid = pid
         self.generation = generation
         self.job_w = job_w  # non-blocking (the host made it so): writes are bounded by the deadline
         self.reader = _wire.FrameReader(result_r, frame_limit)
+        self.again = False  # it answered a query and waits for its caller's next one
+
+    def idle(self) -> bool:
+        """Nothing to read from it: a kept child that exited or wrote out of turn is not idle."""
+        return not self.reader.pending() and not select.select([self.reader.fd], [], [], 0)[0]
 
     def close(self) -> None:
         """Drop our ends: an unused spare reads EOF and exits."""
@@ -360,7 +380,8 @@ class _Spare:
 
 
 class ContractRunner:
-    """A warm sandbox for one contract; each job runs in a fresh, confined child process."""
+    """A warm sandbox for one contract; each job runs in a fresh, confined child process, except
+    that a caller's next query may run in the child of its previous query (never another's)."""
 
     def __init__(
         self,
@@ -385,6 +406,8 @@ class ContractRunner:
         self._reader: _wire.FrameReader | None = None  # the host's control frames
         self._socket: socket.socket | None = None  # spares arrive here, with their pipes
         self._spares: collections.deque[_Spare] = collections.deque()
+        # Query children kept for their caller's next query, least recently used first.
+        self._kept: collections.OrderedDict[bytes, _Spare] = collections.OrderedDict()
         self._generation = 0  # blob cache changes sent to the host; spares older than this are stale
         self._host_blobs: dict[bytes, int] = {}
         # Job processes that returned a result but have not been reported exited yet: pid ->
@@ -529,6 +552,8 @@ class ContractRunner:
         self._lingering = {}
         while self._spares:
             self._spares.popleft().close()
+        while self._kept:
+            self._kept.popitem()[1].close()
         if self._socket is not None:
             self._socket.close()
             self._socket = None
@@ -576,8 +601,11 @@ class ContractRunner:
             problem = self._check_method(job.kind, job.method or "")
             if problem is not None:
                 return _failure("request", problem)
+        body_map = job_body(job, self._contract, self._limits)
+        if job.kind == "query":
+            body_map["again"] = self._limits.cpu_seconds * 1000 // _KEPT_CPU_SHARE
         try:
-            body = _values.encode(job_body(job, self._contract, self._limits), what="the job")
+            body = _values.encode(body_map, what="the job")
         except _values.ValueRejected as exc:
             return _failure("request", str(exc))
         with self._lock:
@@ -592,19 +620,50 @@ class ContractRunner:
                 try:
                     self._collect_exits()
                     self._send_blobs(job.blobs)
-                    spare = self._take_spare(deadline)
+                    child = self._kept_child(job.caller) if job.kind == "query" else None
+                    child = child or self._take_spare(deadline)
                 except (OSError, _wire.ProtocolError, _values.ValueRejected, TimeoutError):
                     self._kill_host()
                     continue  # no job process had the job yet: safe to try on a fresh host
                 try:
-                    return self._drive(job, spare, body, services, deadline)
+                    return self._drive(job, child, body, services, deadline)
                 except (OSError, _wire.ProtocolError, _values.ValueRejected) as exc:
                     # The job may have run (and made RPCs): never run it twice.
                     self._kill_host()
                     return _failure("sandbox", f"the sandbox failed during the job: {exc}")
                 finally:
-                    spare.close()
+                    if child.again and self._proc is not None:
+                        self._keep(job.caller, child)
+                    else:
+                        child.close()
             return _failure("sandbox", "the sandbox host failed twice in a row; see the worker's logs")
+
+    def _kept_child(self, caller: bytes) -> _Spare | None:
+        """The child kept from this caller's last query, if it still waits idle for the next one.
+
+        Only ever the same caller's: a child's globals may carry what one query saw into the next,
+        so no child serves two callers (ARCHITECTURE.md: nothing leaks from one caller to the
+        next). Kept children are confined like every job child, and each query still gets its own
+        body, state, seed and wall-time deadline; a child that has used a 1/_KEPT_CPU_SHARE share
+        of the CPU budget, or was forked before the latest blob change, is retired."""
+        child = self._kept.pop(caller, None)
+        if child is None:
+            return None
+        child.again = False
+        if child.generation == self._generation and child.idle():
+            return child
+        self._retire(child)
+        return None
+
+    def _keep(self, caller: bytes, child: _Spare) -> None:
+        self._kept[caller] = child
+        while len(self._kept) > _KEPT_CALLERS:
+            self._retire(self._kept.popitem(last=False)[1])
+
+    def _retire(self, child: _Spare) -> None:
+        """Close a kept child's pipes: it reads EOF and exits (or is killed after _SETTLE_S)."""
+        child.close()
+        self._lingering[child.pid] = (time.monotonic() + _SETTLE_S, False)
 
     def _check_method(self, kind: str, method: str) -> str | None:
         """Refuse bad method names here, without a job process (the child checks again)."""
@@ -788,8 +847,16 @@ class ContractRunner:
                 return _exit_outcome(info, self._limits)
             kind, payload = frame
             if kind == _wire.RESULT:
-                self._lingering[pid] = (time.monotonic() + _SETTLE_S, False)
-                return _outcome(job, payload, self._limits)
+                try:
+                    result = _values.decode(payload, what="the result")
+                except _values.ValueRejected as exc:
+                    self._lingering[pid] = (time.monotonic() + _SETTLE_S, False)
+                    return _malformed(exc)
+                # A query child that says it waits for its caller's next query is kept (see run).
+                spare.again = job.kind == "query" and isinstance(result, dict) and result.get("again") is True
+                if not spare.again:
+                    self._lingering[pid] = (time.monotonic() + _SETTLE_S, False)
+                return _result_outcome(job, result, self._limits)
             if kind != _wire.RPC:
                 self._abandon(pid)
                 return _failure("contract", f"the job process broke the sandbox protocol: frame kind {kind}")

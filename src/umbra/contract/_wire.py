@@ -107,6 +107,10 @@ class FrameReader:
             self.eof = True
         self._buf += chunk
 
+    def pending(self) -> bool:
+        """Bytes buffered or the end of the stream seen: something arrived that was not read."""
+        return bool(self._buf) or self.eof
+
     def next(self) -> tuple[int, bytes] | None:
         """The next complete frame already buffered, or None."""
         if len(self._buf) < HEADER_SIZE:

@@ -26,6 +26,7 @@ sealed_reply_hash, query_hash}` (`umbra/query-reply/v1`).
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import Any
 
 from umbra import codec, crypto
@@ -44,6 +45,8 @@ _SECRET_PURPOSE = "umbra/secret/v1"
 _BLOB_PURPOSE = "umbra/blob/v1"
 # A query that says it stays valid longer than this is refused: expiry bounds replay.
 _MAX_QUERY_LIFETIME_MS = 15 * 60 * 1000
+# Opened states kept for queries, counted in sealed bytes (the opened objects take a few times more).
+_OPENED_STATES_BYTES = 16 * 1024 * 1024
 
 
 class ExecutionFault(Exception):
@@ -102,6 +105,34 @@ def _open_with_any(
     return None
 
 
+class _OpenedStates:
+    """Opened contract states by the hash of the sealed blob they came from (or were sealed to),
+    with the version that blob binds; the least recently used go past a budget of sealed bytes.
+    Only a state whose hash the verified chain names is ever looked up, so none goes stale."""
+
+    def __init__(self, budget: int) -> None:
+        self._items: OrderedDict[bytes, tuple[int, Any, int]] = OrderedDict()
+        self._size = 0
+        self._budget = budget
+
+    def get(self, state_hash: bytes, version: int) -> Any:
+        """The opened state, or None (a contract's state is always a map once it has one)."""
+        item = self._items.get(state_hash)
+        if item is None or item[0] != version:
+            return None
+        self._items.move_to_end(state_hash)
+        return item[1]
+
+    def put(self, state_hash: bytes, version: int, state: Any, sealed_size: int) -> None:
+        if state_hash in self._items or sealed_size > self._budget // 4:
+            return
+        self._items[state_hash] = (version, state, sealed_size)
+        self._size += sealed_size
+        while self._size > self._budget:
+            _, (_, _, dropped) = self._items.popitem(last=False)
+            self._size -= dropped
+
+
 class Executor:
     """Runs jobs and queries for one core. Holds the warm sandboxes, one per contract."""
 
@@ -114,6 +145,8 @@ class Executor:
         # and blobs by hash. Kept in the core, so the host sends each ciphertext once.
         self._secrets: dict[bytes, dict[str, tuple[bytes, bytes]]] = {}
         self._blobs: dict[bytes, dict[bytes, bytes]] = {}
+        # Never handed to contract code to change: a job's state is encoded into its job body.
+        self._opened = _OpenedStates(_OPENED_STATES_BYTES)
 
     def missing(self, view: ChainView, contract_id: bytes) -> dict[str, Any]:
         """Which registered secrets and blobs the host should send with the next job or query."""
@@ -255,6 +288,8 @@ class Executor:
                 f"the contract's new state is {len(new_blob)} bytes sealed; its quota is {MAX_STATE_BYTES}"
             )
             new_blob = None
+        if new_blob is not None:  # once settled, queries read it without the host sending it
+            self._opened.put(codec.sha256(new_blob), prev_version + 1, result.state, len(new_blob))
         value = result.output if result.ok else {"error": result.error}
         k_job = keys.k_job(job_id)
         opened_output = (
@@ -348,28 +383,41 @@ class Executor:
     def query(
         self, view: ChainView, masters: dict[int, MasterKey], request: dict[str, Any]
     ) -> dict[str, Any]:
-        contract_id, sealed, state_blob = (
-            request.get("contract"),
-            request.get("query"),
-            request.get("state_blob"),
-        )
-        code = request.get("code")
+        contract_id, sealed = request.get("contract"), request.get("query")
         if not isinstance(contract_id, bytes) or not isinstance(sealed, bytes):
             raise ExecutionFault("bad_request", "contract and query are bytes")
         contract = view.contracts.get(contract_id)
         if contract is None:
             raise ExecutionFault("unknown_contract", "no verified deployment of this contract")
-        if not isinstance(code, bytes) or codec.sha256(code) != contract["code_hash"]:
+        # What the core already holds (the warm sandbox of the deployed code, the opened latest
+        # state, the owner's material) the host need not send; the rest it must, checked here.
+        code = request.get("code")
+        if code is not None and (not isinstance(code, bytes) or codec.sha256(code) != contract["code_hash"]):
             raise ExecutionFault("bad_code", "the code given does not hash to the deployed code_hash")
+        warm = self._hosts.get(contract_id)
+        if warm is None or warm.code_hash != contract["code_hash"]:
+            if code is None:
+                raise ExecutionFault("needs_input", "send the contract's code with the query")
+            warm = None
         state_hash = contract["state_hash"]
         if state_hash is None:
             raise ExecutionFault(
                 "not_initialized", "the contract has no state yet (its init job has not settled)"
             )
-        if not isinstance(state_blob, bytes) or codec.sha256(state_blob) != state_hash:
-            raise ExecutionFault(
-                "stale_state", f"the state given is not the verified latest 0x{state_hash.hex()}"
-            )
+        version = int(contract["version"])
+        state = self._opened.get(state_hash, version)
+        if state is None:
+            state_blob = request.get("state_blob")
+            if state_blob is None:
+                raise ExecutionFault("needs_input", "send the contract's latest state with the query")
+            if not isinstance(state_blob, bytes) or codec.sha256(state_blob) != state_hash:
+                raise ExecutionFault(
+                    "stale_state", f"the state given is not the verified latest 0x{state_hash.hex()}"
+                )
+            state = open_state(masters, contract_id, version, state_blob)
+            self._opened.put(state_hash, version, state, len(state_blob))
+        if "secrets" not in request and any(self.missing(view, contract_id).values()):
+            raise ExecutionFault("needs_input", "send the contract's owner secrets and blobs with the query")
         info = codec.encode({"chain_id": self._chain_id, "contract": contract_id, "purpose": _QUERY_PURPOSE})
         opened = _open_with_any(masters, contract_id, sealed, info)
         if opened is None:
@@ -404,10 +452,13 @@ class Executor:
             and isinstance(body["args"], dict)
         ):
             raise ExecutionFault("bad_query", "method is text, args a map, reply_pk 32 bytes")
-        state = open_state(masters, contract_id, int(contract["version"]), state_blob)
         secrets, blobs = self._material(view, masters, contract_id, request)
+        query_hash = codec.sha256(sealed)
+        if warm is None:  # started only now, for a query that opened and verified
+            assert isinstance(code, bytes)  # else needs_input above
+            warm = self._host(contract_id, code, contract["code_hash"])
         try:
-            result = self._host(contract_id, code, contract["code_hash"]).run(
+            result = warm.run(
                 kind="query",
                 method=body["method"],
                 args=body["args"],
@@ -415,7 +466,7 @@ class Executor:
                 state=state,
                 height=view.height,
                 time_ms=view.time_ms,
-                job=codec.sha256(sealed),
+                job=query_hash,
                 keys=keys,
                 secrets=secrets,
                 blobs=blobs,
@@ -423,7 +474,6 @@ class Executor:
             )
         except SandboxFault as exc:
             raise ExecutionFault("sandbox", f"the sandbox could not run the query: {exc}") from None
-        query_hash = codec.sha256(sealed)
         reply = {"ok": result.ok, **({"output": result.output} if result.ok else {"error": result.error})}
         sealed_reply = crypto.hpke_seal(
             reply_pk,

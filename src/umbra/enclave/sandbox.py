@@ -1,7 +1,8 @@
 """The core's side of the contract sandbox: one warm `ContractRunner` per contract, and the
 services a job reaches through it (`ctx.sign`, `ctx.http`), which need what only the core has.
 
-The runner forks a fresh confined child per job; the contract's keys never enter it. A contract
+The runner forks a fresh confined child per job (a caller's queries may share one: see
+ContractRunner); the contract's keys never enter it. A contract
 whose module does not load fails every job with the loader's message (deterministically, so
 replicas agree); a sandbox that breaks is an `ExecutionFault`, so the job is not answered with
 a failure another worker would not share.

@@ -674,6 +674,13 @@ class Host:
                 "behind",
                 f"this worker has applied height {self._height}, not yet {min_height}; retry shortly",
             )
+        # The core usually holds all it needs already (the warm sandbox of the code, the opened
+        # latest state, the owner's material): then the sealed query alone is one round trip.
+        try:
+            return self.core.call({"op": "query", "contract": contract, "query": sealed_query})
+        except CoreError as exc:
+            if exc.code != "needs_input":
+                raise
         # The node may be a block ahead of the core (its state moved on): then the state the core
         # verified is not served any more; wait for the core to catch up and try again.
         last: UmbraError | CoreError | None = None
