@@ -13,16 +13,11 @@ Exits 0 iff every check passes. UMBRA_EXAMPLE_MARKER, if set, goes into each ord
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from umbra import crypto
 from umbra.client import Client, UmbraError, dev_keys
@@ -48,48 +43,6 @@ FILLS = [4, 2, 0, 0, 2, 3, 1, 0]
 PAYOUTS = {"bob": 1000 - 4 * 101, "erin": 800 - 2 * 101, "charlie": 3 * 101, "dave": 3 * 101}
 
 
-def node_url() -> str:
-    return os.environ.get("UMBRA_NODE", "http://127.0.0.1:9944").rstrip("/")
-
-
-def balance(address: str) -> int:
-    return int(httpx.get(f"{node_url()}/accounts/{address}", timeout=30).json()["free"])
-
-
-def contract_account(contract: str) -> str:
-    """The account a contract is funded into (`value`) and pays out of (`ctx.transfer`)."""
-    record = httpx.get(f"{node_url()}/state/contracts/contract", params={"key": contract}, timeout=30).json()
-    return str(record["value"]["account"])
-
-
-def contract_events(contract: str, since: int) -> list[tuple[str, Any]]:
-    """Every public event this contract emitted since height `since` (chain data anyone can read)."""
-    found: list[tuple[str, Any]] = []
-    start: int | None = since
-    while start is not None:
-        page = httpx.get(
-            f"{node_url()}/history/events",
-            params={"module": "contracts", "names": "ContractEvent", "from": start},
-            timeout=30,
-        ).json()
-        found += [
-            (e["data"]["name"], e["data"]["data"])
-            for e in page["events"]
-            if e["data"]["contract"] == contract
-        ]
-        start = page["next"]
-    return found
-
-
-def fund(address: str, amount: int) -> None:
-    """Give a fresh account some funds from alice, with the `umbra` CLI."""
-    umbra = Path(sys.executable).with_name("umbra")
-    exe = str(umbra) if umbra.exists() else shutil.which("umbra") or "umbra"
-    alice = json.loads(Path(os.environ["UMBRA_DEV_JSON"]).read_text())["keys"]["alice"]
-    command = [exe, "transfer", address, str(amount), "--json", "--key", alice, "--node", node_url()]
-    subprocess.run(command, check=True, capture_output=True, timeout=120)
-
-
 def main() -> int:
     keys = dev_keys()
     keys["dave"], keys["erin"] = crypto.SigningKey.generate(), crypto.SigningKey.generate()
@@ -112,9 +65,10 @@ def main() -> int:
     clients = {name: Client(key=key) for name, key in keys.items()}
     try:
         addr = {name: str(c.address) for name, c in clients.items()}
-        for name in ("dave", "erin"):
-            fund(addr[name], 100_000)
         alice, bob, charlie = clients["alice"], clients["bob"], clients["charlie"]
+        balance = alice.balance  # any account's free balance (public chain data)
+        for name in ("dave", "erin"):
+            alice.transfer(addr[name], 100_000)
         init = {"holdings": {addr[n]: units for n, units in HOLDINGS.items()}, "min_orders": len(ORDERS)}
         first = alice.deploy(CONTRACT, init=init)
         second = alice.deploy(CONTRACT, init=init)
@@ -158,7 +112,7 @@ def main() -> int:
         )
         refused(lambda: bob.query(a, "result"), "not cleared", "reading the result before clearing")
         refused(lambda: bob.call(a, "close"), "only the owner", "a trader closes the window early")
-        check(contract_events(a, first.height) == [], "no public event before clearing")
+        check(alice.contract_events(a, first.height) == [], "no public event before clearing")
 
         traders = ["bob", "erin", "charlie", "dave"]
 
@@ -170,7 +124,7 @@ def main() -> int:
                     fills[int(order["ref"].rsplit("-", 1)[1])] = order["fill"]
             return [fills[i] for i in range(len(ORDERS))]
 
-        pool = contract_account(a)
+        pool = alice.contract_account(a)
         before = {n: balance(addr[n]) for n in traders}
         check(
             balance(pool) == sum(BUDGETS.values()), f"A holds the bidders' funds in escrow: {balance(pool)}"
@@ -185,7 +139,7 @@ def main() -> int:
         check(fills == FILLS, f"each trader sees their own fills: {fills}")
         units = {n: clients[n].query(a, "account").output["holdings"] for n in traders}
         check(units == {"bob": 4, "erin": 2, "charlie": 1, "dave": 5}, f"units moved to the buyers: {units}")
-        events = contract_events(a, first.height)
+        events = [(e.name, e.data) for e in alice.contract_events(a, first.height)]
         check(events == [("Cleared", {"price": PRICE, "volume": VOLUME})], f"public events: {events}")
 
         again = alice.call(b, "close").output
@@ -194,7 +148,7 @@ def main() -> int:
             again == cleared and fills_b == fills,
             f"B, same orders in another order: same price and fills ({again})",
         )
-        check(balance(contract_account(b)) == 0, "B paid out everything too")
+        check(balance(alice.contract_account(b)) == 0, "B paid out everything too")
     finally:
         for client in clients.values():
             client.close()

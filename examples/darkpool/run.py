@@ -11,17 +11,12 @@ Exits 0 iff every check passes. UMBRA_EXAMPLE_MARKER, if set, goes into each ord
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from umbra import crypto
 from umbra.client import Client, UmbraError, dev_keys
@@ -48,48 +43,6 @@ FILLS = {  # each trader's own view: (side, price, qty)
 PAYOUTS = {"bob": 4503, "erin": 4706, "charlie": 494, "dave": 297}
 
 
-def node_url() -> str:
-    return os.environ.get("UMBRA_NODE", "http://127.0.0.1:9944").rstrip("/")
-
-
-def balance(address: str) -> int:
-    return int(httpx.get(f"{node_url()}/accounts/{address}", timeout=30).json()["free"])
-
-
-def contract_account(contract: str) -> str:
-    """The account a contract is funded into (`value`) and pays out of (`ctx.transfer`)."""
-    record = httpx.get(f"{node_url()}/state/contracts/contract", params={"key": contract}, timeout=30).json()
-    return str(record["value"]["account"])
-
-
-def contract_events(contract: str, since: int) -> list[tuple[str, Any]]:
-    """Every public event this contract emitted since height `since` (chain data anyone can read)."""
-    found: list[tuple[str, Any]] = []
-    start: int | None = since
-    while start is not None:
-        page = httpx.get(
-            f"{node_url()}/history/events",
-            params={"module": "contracts", "names": "ContractEvent", "from": start},
-            timeout=30,
-        ).json()
-        found += [
-            (e["data"]["name"], e["data"]["data"])
-            for e in page["events"]
-            if e["data"]["contract"] == contract
-        ]
-        start = page["next"]
-    return found
-
-
-def fund(address: str, amount: int) -> None:
-    """Give a fresh account some funds from alice, with the `umbra` CLI."""
-    umbra = Path(sys.executable).with_name("umbra")
-    exe = str(umbra) if umbra.exists() else shutil.which("umbra") or "umbra"
-    alice = json.loads(Path(os.environ["UMBRA_DEV_JSON"]).read_text())["keys"]["alice"]
-    command = [exe, "transfer", address, str(amount), "--json", "--key", alice, "--node", node_url()]
-    subprocess.run(command, check=True, capture_output=True, timeout=120)
-
-
 def main() -> int:
     keys = dev_keys()
     keys["dave"], keys["erin"] = crypto.SigningKey.generate(), crypto.SigningKey.generate()
@@ -112,9 +65,10 @@ def main() -> int:
     clients = {name: Client(key=key) for name, key in keys.items()}
     try:
         addr = {name: str(c.address) for name, c in clients.items()}
-        for name in ("dave", "erin"):
-            fund(addr[name], 100_000)
         operator = clients["alice"]
+        balance = operator.balance  # any account's free balance (public chain data)
+        for name in ("dave", "erin"):
+            operator.transfer(addr[name], 100_000)
         deployed = operator.deploy(CONTRACT, init={"holdings": {addr[n]: u for n, u in HOLDINGS.items()}})
         cid = deployed.contract_id
         print(f"deployed dark pool {cid}; alice operates it")
@@ -149,7 +103,7 @@ def main() -> int:
             "the operator reads erin's orders",
         )
         refused(lambda: clients["bob"].call(cid, "settle"), "only the operator", "a trader settles")
-        check(contract_events(cid, deployed.height) == [], "no public event while trading")
+        check(operator.contract_events(cid, deployed.height) == [], "no public event while trading")
         clients["erin"].call(cid, "cancel", {"ref": f"{marker}-3"})
         check(clients["erin"].query(cid, "orders").output == [], "erin cancels her remaining order")
 
@@ -163,7 +117,7 @@ def main() -> int:
             "fills carry the trader's own private refs",
         )
 
-        pool = contract_account(cid)
+        pool = operator.contract_account(cid)
         before = {n: balance(addr[n]) for n in PAYOUTS}
         check(balance(pool) == sum(DEPOSITS.values()), f"the pool holds the deposits: {balance(pool)}")
         summary = operator.call(cid, "settle").output
@@ -175,7 +129,7 @@ def main() -> int:
             units == {"bob": 5, "erin": 3, "charlie": 3, "dave": 3},
             f"units moved (charlie's 2 unfilled at 100 stay locked on the book): {units}",
         )
-        events = contract_events(cid, deployed.height)
+        events = [(e.name, e.data) for e in operator.contract_events(cid, deployed.height)]
         check(
             events == [("Settled", {"batch": 1, "fills": 3, "payouts": 4})] and summary == events[0][1],
             f"the only public event is the settlement, with counts only: {events}",

@@ -12,18 +12,13 @@ Exits 0 iff every check passes. UMBRA_EXAMPLE_MARKER, if set, goes into each rec
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from fractions import Fraction
 from functools import partial
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from umbra import crypto
 from umbra.client import Client, UmbraError, dev_keys
@@ -48,29 +43,6 @@ ROWS = {  # (age, city, income, smoker) per member
     ],
 }
 CONSENT = {"bob": ["research", "marketing"], "charlie": ["research"], "dave": ["research", "marketing"]}
-
-
-def node_url() -> str:
-    return os.environ.get("UMBRA_NODE", "http://127.0.0.1:9944").rstrip("/")
-
-
-def balance(address: str) -> int:
-    return int(httpx.get(f"{node_url()}/accounts/{address}", timeout=30).json()["free"])
-
-
-def contract_account(contract: str) -> str:
-    """The account a contract is funded into (`value`) and pays out of (`ctx.transfer`)."""
-    record = httpx.get(f"{node_url()}/state/contracts/contract", params={"key": contract}, timeout=30).json()
-    return str(record["value"]["account"])
-
-
-def fund(address: str, amount: int) -> None:
-    """Give a fresh account some funds from alice, with the `umbra` CLI."""
-    umbra = Path(sys.executable).with_name("umbra")
-    exe = str(umbra) if umbra.exists() else shutil.which("umbra") or "umbra"
-    alice = json.loads(Path(os.environ["UMBRA_DEV_JSON"]).read_text())["keys"]["alice"]
-    command = [exe, "transfer", address, str(amount), "--json", "--key", alice, "--node", node_url()]
-    subprocess.run(command, check=True, capture_output=True, timeout=120)
 
 
 def pro_rata(amount: int, weights: dict[str, int]) -> dict[str, int]:
@@ -112,12 +84,14 @@ def main() -> int:
     clients = {name: Client(key=key) for name, key in keys.items()}
     try:
         addr = {name: str(c.address) for name, c in clients.items()}
+        alice = clients["alice"]
+        balance = alice.balance  # any account's free balance (public chain data)
         for name in ("dave", "erin"):
-            fund(addr[name], 100_000)
+            alice.transfer(addr[name], 100_000)
         members, analyst = ("bob", "charlie", "dave"), clients["erin"]
-        deployed = clients["alice"].deploy(CONTRACT, init={"k": K, "price": PRICE, "identifiers": ["name"]})
+        deployed = alice.deploy(CONTRACT, init={"k": K, "price": PRICE, "identifiers": ["name"]})
         cid = deployed.contract_id
-        pool = contract_account(cid)
+        pool = alice.contract_account(cid)
         print(f"deployed data union {cid}: k={K}, {PRICE} per analysis, 'name' is an identifier")
         for name in members:
             out = clients[name].call(cid, "contribute", {"records": records[name], "purposes": CONSENT[name]})

@@ -78,21 +78,6 @@ def submit_update(
     return weights, quantized
 
 
-def contract_events(node: str, contract: str, since: int) -> list[dict[str, Any]]:
-    """Every public event this contract emitted since height `since` (chain data anyone can read)."""
-    found: list[dict[str, Any]] = []
-    start: int | None = since
-    while start is not None:
-        page = httpx.get(
-            f"{node}/history/events",
-            params={"module": "contracts", "names": "ContractEvent", "from": start},
-            timeout=30,
-        ).json()
-        found += [e["data"] for e in page["events"] if e["data"]["contract"] == contract]
-        start = page["next"]
-    return found
-
-
 def replicas_of(node: str, job: str, wait: float = 5.0) -> tuple[list[str], list[tuple[str, str]]]:
     """The workers a job was assigned to, and the (commitment, new state) each one signed.
 
@@ -219,8 +204,7 @@ def main() -> int:
 
         check(accuracy(global_w, list(data.values())) > 0.7, "the federated model learned the task")
         check(bob.query(cid, "model", {"round": 1}).output["round"] == 1, "earlier rounds stay readable")
-        events = contract_events(node, cid, deployed.height)
-        public = [(e["name"], e["data"]) for e in events]
+        public = [(e.name, e.data) for e in bob.contract_events(cid, deployed.height)]
         check(
             public == [("RoundClosed", {"round": r, "participants": 3}) for r in (1, 2)],
             f"public events are only round closings: {public}",

@@ -21,8 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from umbra.client import Client, UmbraError, dev_keys
 
 CONTRACT = Path(__file__).with_name("contract.py")
@@ -76,16 +74,12 @@ def main() -> int:
         Client(key=keys["bob"]) as bob,
         Client(key=keys["charlie"]) as charlie,
     ):
-        node = httpx.Client(base_url=alice.url, timeout=30)
-
-        def balance(address: str) -> int:
-            return int(node.get(f"/accounts/{address}").json()["free"])
-
+        balance = alice.balance  # any account's free balance (public chain data)
         players = {"alice": alice, "bob": bob}
         names = {alice.address: "alice", bob.address: "bob"}
-        start = int(node.get("/status").json()["height"])
+        start = int(alice.status()["height"])
         cid = alice.deploy(CONTRACT, init={"opponent": bob.address, "stake": STAKE}).contract_id
-        pot = node.get("/state/contracts/contract", params={"key": cid}).json()["value"]["account"]
+        pot = alice.contract_account(cid)
         print(f"deployed battleship {cid}: alice vs bob for {STAKE} each")
 
         salts = {name: f"{MARKER}{secrets.token_hex(16)}" for name in players}
@@ -144,10 +138,7 @@ def main() -> int:
 
         # After the game: bob checks alice's revealed board against the commitment published
         # at placement, and against the answers he got.
-        events = node.get(
-            "/history/events", params={"module": "contracts", "names": "ContractEvent", "from": start}
-        ).json()["events"]
-        public = [(e["data"]["name"], e["data"]["data"]) for e in events if e["data"]["contract"] == cid]
+        public = [(e.name, e.data) for e in bob.contract_events(cid, start)]
         committed = {names[d["player"]]: d["commitment"] for n, d in public if n == "BoardCommitted"}
         shots = [d for n, d in public if n == "Shot"]
         check(

@@ -30,33 +30,15 @@ ROUND_BLOCKS = 20
 
 
 class Chain:
-    """Public chain data, read from the node's API (what anyone can see)."""
+    """Public chain state the client has no method for, read from the node's API (what anyone can see)."""
 
     def __init__(self, url: str) -> None:
         self.http = httpx.Client(base_url=url, timeout=30)
 
-    def get(self, path: str, **params: Any) -> Any:
-        reply = self.http.get(path, params=params or None)
-        reply.raise_for_status()
-        return reply.json()
-
-    def height(self) -> int:
-        return int(self.get("/status")["height"])
-
-    def balance(self, address: str) -> int:
-        return int(self.get(f"/accounts/{address}")["free"])
-
     def state(self, module: str, item: str, key: str) -> Any:
-        return self.get(f"/state/{module}/{item}", key=key)["value"]
-
-    def contract_events(self, contract: str, since: int) -> list[tuple[str, Any]]:
-        """(name, data) of the contract's public events (`ctx.emit`) from height `since` on."""
-        found = self.get("/history/events", module="contracts", names="ContractEvent", **{"from": since})
-        return [
-            (e["data"]["name"], e["data"]["data"])
-            for e in found["events"]
-            if e["data"]["contract"] == contract
-        ]
+        reply = self.http.get(f"/state/{module}/{item}", params={"key": key})
+        reply.raise_for_status()
+        return reply.json()["value"]
 
 
 def main() -> int:
@@ -82,9 +64,10 @@ def main() -> int:
         Client(key=keys["charlie"]) as charlie,
     ):
         chain = Chain(alice.url)
-        start = chain.height()
+        balance = alice.balance  # any account's free balance (public chain data)
+        start = int(alice.status()["height"])
         cid = alice.deploy(CONTRACT, init={"ticket_price": PRICE, "round_blocks": ROUND_BLOCKS}).contract_id
-        pot_account = chain.state("contracts", "contract", cid)["account"]
+        pot_account = alice.contract_account(cid)
         print(f"deployed lottery {cid}; ticket price {PRICE}, rounds of {ROUND_BLOCKS} blocks")
 
         refused(
@@ -100,7 +83,7 @@ def main() -> int:
         check(bought.output == {"round": 1, "tickets": 2} and bought.verified, "bob buys 2 tickets")
         bought = charlie.call(cid, "join", {"note": notes["charlie"]}, value=PRICE)
         check(bought.output == {"round": 1, "tickets": 1} and bought.verified, "charlie buys 1 ticket")
-        check(chain.balance(pot_account) == 3 * PRICE, "the pot (the contract's account) holds 3 tickets")
+        check(balance(pot_account) == 3 * PRICE, "the pot (the contract's account) holds 3 tickets")
         mine = charlie.query(cid, "my_tickets").output
         check(mine == {"round": 1, "tickets": 1, "notes": [notes["charlie"]]}, "charlie reads only his note")
         status = bob.query(cid, "status").output
@@ -108,17 +91,17 @@ def main() -> int:
 
         closes_at = status["closes_at"]
         print(f"waiting for round 1 to close at height {closes_at} ...")
-        while chain.height() < closes_at:
+        while int(alice.status()["height"]) < closes_at:
             time.sleep(0.5)
         refused(
             lambda: charlie.call(cid, "join", {"note": "too late"}, value=PRICE),
             "closed",
             "a ticket after the close",
         )
-        check(chain.balance(pot_account) == 3 * PRICE, "the refused ticket's value stayed out of the pot")
+        check(balance(pot_account) == 3 * PRICE, "the refused ticket's value stayed out of the pot")
 
         players = {bob.address: "bob", charlie.address: "charlie"}
-        before = {address: chain.balance(address) for address in players}
+        before = {address: balance(address) for address in players}
         started = time.monotonic()
         drawn = alice.call(cid, "draw", {"round": 1}, replicas=3, distinct="tee_types")
         out = drawn.output
@@ -135,13 +118,13 @@ def main() -> int:
             out["index"] == index and out["winner"] == tickets[index],
             f"the winner follows from the draw bytes: {players.get(out['winner'])}",
         )
-        after = {address: chain.balance(address) for address in players}
+        after = {address: balance(address) for address in players}
         check(
             all(after[a] - before[a] == (3 * PRICE if a == out["winner"] else 0) for a in players),
             "the pot moved to the winner exactly: "
             + ", ".join(f"{name} {after[a] - before[a]:+d}" for a, name in players.items()),
         )
-        check(chain.balance(pot_account) == 0, "the pot is empty")
+        check(balance(pot_account) == 0, "the pot is empty")
 
         # Every replica, including the one that reported after the majority settled, committed
         # to the same output, state and transfers: the draw is one value, not a worker's choice.
@@ -163,7 +146,7 @@ def main() -> int:
             "cannot be drawn",
             "a second draw of round 1 (a re-roll)",
         )
-        events = chain.contract_events(cid, start)
+        events = [(e.name, e.data) for e in alice.contract_events(cid, start)]
         check(events == [("Drawn", out)], "the public event is the draw, and nothing else")
         check(alice.query(cid, "history").output == [out], "the history holds one draw")
         check(alice.query(cid, "my_tickets").output["notes"] == [], "round 2 starts empty")

@@ -18,7 +18,7 @@ from umbra import codec, crypto
 from umbra.client import _flows as flows
 from umbra.client._errors import UmbraError
 from umbra.client._transport import Flow, Http, SseParser, run_async, run_sync, translate
-from umbra.client._types import CallResult, ChainEvent, Deployment, QueryResult, Settings
+from umbra.client._types import CallResult, ChainEvent, ContractEvent, Deployment, QueryResult, Settings
 
 __all__ = ["AsyncClient", "Client", "dev_keys"]
 
@@ -169,6 +169,19 @@ class _Base:
             raise UmbraError("bad_args", "a blob is bytes")
         return flows.upload_blob(self._session, self._signer(), _id(contract, "contract id"), bytes(data))
 
+    def _balance(self, address: Any) -> Flow[int]:
+        who = self._signer().public_key if address is None else _id(address, "address")
+        return flows.balance(who)
+
+    def _transfer(self, to: Any, amount: int) -> Flow[dict[str, Any]]:
+        return flows.transfer(self._session, self._signer(), _id(to, "destination address"), amount)
+
+    def _contract_account(self, contract: Any) -> Flow[str]:
+        return flows.contract_account(_id(contract, "contract id"))
+
+    def _contract_events(self, contract: Any, since: int) -> Flow[list[ContractEvent]]:
+        return flows.contract_events(self._session, _id(contract, "contract id"), since)
+
 
 class Client(_Base):
     """Synchronous client: `with Client(node, key) as c: c.call(cid, "add", {"by": 2})`."""
@@ -238,6 +251,29 @@ class Client(_Base):
     def upload_blob(self, contract: bytes | str, data: bytes) -> dict[str, Any]:
         """Seal `data` to the contract's key, store it in the node's blob store and register its hash."""
         result: dict[str, Any] = self._run(self._blob(contract, data))
+        return result
+
+    def balance(self, address: bytes | str | None = None) -> int:
+        """An account's free balance (default: this client's own account)."""
+        result: int = self._run(self._balance(address))
+        return result
+
+    def transfer(self, to: bytes | str, amount: int) -> dict[str, Any]:
+        """Send `amount` from this client's account to `to`, and wait until the tx is included.
+
+        Returns `{"tx_hash", "block", "fee"}`; a refusal raises (e.g. `insufficient_funds`).
+        """
+        result: dict[str, Any] = self._run(self._transfer(to, amount))
+        return result
+
+    def contract_account(self, contract: bytes | str) -> str:
+        """The account a contract is funded into (a call's `value`) and pays out of (`ctx.transfer`)."""
+        result: str = self._run(self._contract_account(contract))
+        return result
+
+    def contract_events(self, contract: bytes | str, since: int = 0) -> list[ContractEvent]:
+        """Every public event (`ctx.emit`) the contract emitted from height `since` on, oldest first."""
+        result: list[ContractEvent] = self._run(self._contract_events(contract, since))
         return result
 
     def watch_events(self, module: str | None = None, name: str | None = None) -> Iterator[ChainEvent]:
@@ -322,6 +358,22 @@ class AsyncClient(_Base):
 
     async def upload_blob(self, contract: bytes | str, data: bytes) -> dict[str, Any]:
         result: dict[str, Any] = await self._run(self._blob(contract, data))
+        return result
+
+    async def balance(self, address: bytes | str | None = None) -> int:
+        result: int = await self._run(self._balance(address))
+        return result
+
+    async def transfer(self, to: bytes | str, amount: int) -> dict[str, Any]:
+        result: dict[str, Any] = await self._run(self._transfer(to, amount))
+        return result
+
+    async def contract_account(self, contract: bytes | str) -> str:
+        result: str = await self._run(self._contract_account(contract))
+        return result
+
+    async def contract_events(self, contract: bytes | str, since: int = 0) -> list[ContractEvent]:
+        result: list[ContractEvent] = await self._run(self._contract_events(contract, since))
         return result
 
     async def watch_events(

@@ -20,7 +20,7 @@ from umbra.client import _protocol as proto
 from umbra.client._errors import UmbraError, VerificationError
 from umbra.client._evidence import verify_worker_evidence
 from umbra.client._transport import Flow, Http, Sleep
-from umbra.client._types import CallResult, Deployment, QueryResult, Settings
+from umbra.client._types import CallResult, ContractEvent, Deployment, QueryResult, Settings
 
 __all__ = ["Session"]
 
@@ -68,8 +68,14 @@ def state(module: str, item: str, key: bytes | str | None = None) -> Flow[Any]:
     return None if doc is None else doc["value"]
 
 
+def account(address: bytes) -> Flow[dict[str, Any]]:
+    """An account's balances (free, reserved, staked) and nonce."""
+    doc: dict[str, Any] = yield Http("GET", f"/accounts/{codec.to_hex(address)}")
+    return doc
+
+
 def nonce_of(address: bytes) -> Flow[int]:
-    doc = yield Http("GET", f"/accounts/{codec.to_hex(address)}")
+    doc = yield from account(address)
     return int(doc["nonce"])
 
 
@@ -157,10 +163,15 @@ def workers() -> Flow[list[proto.WorkerRecord]]:
     return out
 
 
-def contract(contract_id: bytes) -> Flow[proto.ContractRecord]:
-    doc = yield from state("contracts", "contract", contract_id)
+def _contract_doc(contract_id: bytes) -> Flow[dict[str, Any]]:
+    doc: dict[str, Any] | None = yield from state("contracts", "contract", contract_id)
     if doc is None:
         raise UmbraError("unknown_contract", f"no contract {codec.to_hex(contract_id)} on this chain")
+    return doc
+
+
+def contract(contract_id: bytes) -> Flow[proto.ContractRecord]:
+    doc = yield from _contract_doc(contract_id)
     return proto.ContractRecord.from_json(doc)
 
 
@@ -615,3 +626,51 @@ def upload_blob(s: Session, key: crypto.SigningKey, contract_id: bytes, data: by
         "hash": codec.to_hex(digest),
         "size": len(sealed),
     }
+
+
+# ---- funds and public contract data ----------------------------------------------------------------------
+def balance(address: bytes) -> Flow[int]:
+    doc = yield from account(address)
+    return int(doc["free"])
+
+
+def transfer(s: Session, key: crypto.SigningKey, to: bytes, amount: int) -> Flow[dict[str, Any]]:
+    """A signed `balances.transfer`, once included; a refusal (e.g. `insufficient_funds`) raises."""
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount < 1:
+        raise UmbraError("bad_amount", "a transfer moves a whole amount of at least 1")
+    receipt, stx = yield from transact(s, key, Call("balances", "transfer", {"to": to, "amount": amount}))
+    return {"tx_hash": receipt["tx_hash"], "block": receipt["block"], "fee": stx.tx.fee}
+
+
+def contract_account(contract_id: bytes) -> Flow[str]:
+    doc = yield from _contract_doc(contract_id)
+    return str(doc["account"])
+
+
+def contract_events(s: Session, contract_id: bytes, since: int) -> Flow[list[ContractEvent]]:
+    """The contract's public events from height `since` on, oldest first.
+
+    /history/events scans a bounded range of blocks per call and names where to go on (`next`).
+    """
+    if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+        raise UmbraError("bad_args", "since is a block height (an integer >= 0)")
+    yield from contract_record(s, contract_id)  # an unknown contract is an error, not "no events"
+    wanted = codec.to_hex(contract_id)
+    found: list[ContractEvent] = []
+    start: int | None = since
+    while start is not None:
+        page = yield Http(
+            "GET",
+            "/history/events",
+            params={"module": "contracts", "names": "ContractEvent", "from": str(start)},
+        )
+        found += [
+            ContractEvent(int(e["height"]), str(e["data"]["name"]), e["data"]["data"])
+            for e in page["events"]
+            if e["data"]["contract"] == wanted
+        ]
+        following = page["next"]
+        if following is not None and int(following) <= start:
+            raise UmbraError("bad_response", "/history/events did not move on to later blocks")
+        start = None if following is None else int(following)
+    return found

@@ -7,7 +7,7 @@ from typing import Any
 
 from umbra import codec
 
-__all__ = ["CallResult", "ChainEvent", "Deployment", "QueryResult", "Settings"]
+__all__ = ["CallResult", "ChainEvent", "ContractEvent", "Deployment", "QueryResult", "Settings"]
 
 
 @dataclass(frozen=True)
@@ -79,3 +79,12 @@ class ChainEvent:
     name: str
     data: dict[str, Any] = field(default_factory=dict)
     tx: int | None = None
+
+
+@dataclass(frozen=True)
+class ContractEvent:
+    """One public event a contract emitted with `ctx.emit`, in the block at `height`."""
+
+    height: int
+    name: str
+    data: Any
