@@ -18,6 +18,7 @@ import pytest
 
 from tests.adversarial.conftest import chain_events, height, raw_blocks, state_value
 from tests.node.conftest import wait_until
+from tests.worker.conftest import run_json
 from umbra import codec, crypto
 from umbra.chain.types import Block, SignedTx
 from umbra.client import CallResult, Client
@@ -110,6 +111,15 @@ def test_three_tee_types_outvote_a_lying_enclave_which_is_slashed_while_the_hone
     record = state_value(url, "staking", "slash", slash["slash"].to_bytes(8, "big"))
     assert record["evidence"]["job"] == job["id"] and record["evidence"]["dissent_body"]["worker"] == liar
     assert codec.sha256(codec.encode(record["evidence"])) == slash["evidence_hash"]
+
+    # `umbra status` shows the reputation the chain keeps: the liar's fell below the honest ones'.
+    code, shown = run_json("status", "--node", url)
+    assert code == 0
+    score = {w["id"]: w["reputation"] for w in shown["workers"]}
+    assert all(score[codec.to_hex(liar)] < score[codec.to_hex(w)] for w in honest)
+    assert score == {codec.to_hex(w): state_value(url, "staking", "reputation", w) for w in ids} | {
+        gatekeeper["id"]: score[gatekeeper["id"]] for gatekeeper in doc["gatekeepers"]
+    }
 
     # Paid to the unit: the fee less the treasury's cut, split between the two agreeing workers'
     # operators; every operator also paid its own txs' fees in the meantime (results, heartbeats).

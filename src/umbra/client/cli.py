@@ -141,13 +141,37 @@ def balance(address: str, as_json: JsonOpt = False, node: NodeOpt = None, key: K
 
 @app.command()
 def status(as_json: JsonOpt = False, node: NodeOpt = None, key: KeyOpt = None) -> None:
-    """Show the chain's head and health."""
+    """Show the chain's head and health, and every worker with its stake and reputation."""
 
     def action() -> dict[str, Any]:
         with NodeClient(_node_url(node)) as client:
-            return client.status()
+            found = client.status()
+            workers: list[dict[str, Any]] = []
+            while True:  # the explorer's list is paginated
+                page = client.get("/explorer/api/workers", offset=len(workers))
+                workers += page["workers"]
+                if not page["workers"] or len(workers) >= int(page["total"]):
+                    break
+        found["workers"] = [{name: w.get(name) for name in _STATUS_WORKER_FIELDS} for w in workers]
+        return found
 
-    _run(as_json, action, "chain status")
+    try:
+        result = action()
+    except UmbraError as exc:
+        _fail(as_json, exc.code, exc.message)
+    if as_json:
+        print(json.dumps(result))
+        return
+    _emit(False, {k: v for k, v in result.items() if k != "workers"}, "chain status")
+    table = Table(title="workers")
+    for name in _STATUS_WORKER_FIELDS:
+        table.add_column(name)
+    for w in result["workers"]:
+        table.add_row(*("—" if w[name] is None else str(w[name]) for name in _STATUS_WORKER_FIELDS))
+    _console.print(table)
+
+
+_STATUS_WORKER_FIELDS = ("id", "role", "platform", "status", "attested", "stake", "reputation")
 
 
 @app.command()
