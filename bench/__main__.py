@@ -131,9 +131,9 @@ def main() -> None:
         rss = memory.start(work, count=100_000 if quick else 1_000_000)
         try:
             section("transfers", lambda: chain.transfers(work, count=5000 if quick else 30000))
-            section("restart", lambda: chain.restart(work, blocks=10_000 if quick else 100_000))
+            section("restart", lambda: chain.restart(work, blocks=5_000 if quick else 100_000))
             section("attestation", lambda: attestation.verifications(seconds=0.5 if quick else 2.0))
-            section("evm", lambda: evm.inbox_vs_sequencer(work, count=3000 if quick else 20000))
+            section("evm", lambda: evm.inbox_vs_sequencer(work, count=5000 if quick else 20000))
             section("confidential overhead", lambda: enclave.overhead(runs=15 if quick else 60))
             section("scheduler", lambda: scheduler.run(quick=quick))
             section("confidential path", lambda: confidential.run(work, quick=quick, curves=curves))
