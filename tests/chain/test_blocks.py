@@ -9,8 +9,8 @@ import pytest
 
 from tests.chain.helpers import ALICE, BOB, CHARLIE, EVE, SEQUENCER, TestChain
 from umbra import codec
-from umbra.chain.blocks import BlockImportError, import_block
-from umbra.chain.types import BLOCK_DOMAIN, Block, merkle_proof, merkle_root, verify_merkle_proof
+from umbra.chain.blocks import BlockImportError, build_block, import_block
+from umbra.chain.types import BLOCK_DOMAIN, Block, SignedTx, merkle_proof, merkle_root, verify_merkle_proof
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -98,6 +98,30 @@ def test_a_block_with_a_tx_that_fails_admission_is_refused(pair: tuple[TestChain
         try_import(follower, forged)
     assert refused.value.commitment == "txs"
     assert "insufficient_funds" in str(refused.value)
+
+
+def test_a_tx_admitted_unchecked_by_its_author_is_still_checked_at_import(
+    pair: tuple[TestChain, TestChain],
+) -> None:
+    """`admitted=True` spares a sequencer re-checking its own mempool's txs; an importer checks
+    every signature whatever the author did."""
+    sequencer, follower = pair
+    honest = sequencer.transfer(ALICE, BOB, 1)
+    forged = SignedTx(honest.tx, bytes(64))
+    block, outcome = build_block(
+        sequencer.runtime,
+        sequencer.backend,
+        sequencer.root,
+        sequencer.head,
+        [forged],
+        time_ms=sequencer.head.time_ms + 1,
+        author=SEQUENCER,
+        admitted=True,
+    )
+    assert outcome.included == [forged]  # the author trusted its admission
+    with pytest.raises(BlockImportError) as refused:
+        try_import(follower, block)
+    assert refused.value.commitment == "txs" and "bad_signature" in str(refused.value)
 
 
 def test_blocks_round_trip_through_their_encoding(pair: tuple[TestChain, TestChain]) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.chain.helpers import ALICE, BLOCK_INTERVAL_MS, CHAIN_ID, SEQUENCER, make_genesis
-from umbra import codec
+from umbra import codec, crypto
 from umbra.chain.blocks import build_block, genesis_block
 from umbra.chain.runtime import Runtime
 from umbra.chain.state import MemoryBackend
@@ -199,6 +199,24 @@ def test_a_failed_commit_leaves_no_trace(
     assert chain.store.head() == head
     assert chain.store.tx(outcome.included[0].hash) is None
     assert chain.store.full_check() == []
+    reopened = Store(db_path)
+    for key in outcome.changes:  # the failed block's writes never reach the cached reads either
+        assert chain.store.read(key) == chain.store.get(key) == reopened.read(key)
+    reopened.close()
+
+
+def test_cached_state_reads_follow_every_commit_deletions_included(db_path: Path) -> None:
+    chain = StoreChain(db_path)
+    carol = crypto.SigningKey.generate()
+    account = b"balances/account/" + carol.public_key
+    assert chain.store.read(account) is None and chain.store.get(account) is None  # now cached
+    chain.produce(chain.transfer(10, 0, to=carol.public_key))
+    assert codec.decode(chain.store.read(account) or b"")["free"] == 10
+    assert chain.store.get(account) == chain.store.read(account)
+    give_back = Call("balances", "transfer", {"to": ALICE.public_key, "amount": 9})
+    chain.produce(Tx(CHAIN_ID, carol.public_key, 0, give_back, 1).sign(carol))  # empties the account
+    assert chain.store.read(account) is None and chain.store.get(account) is None
+    chain.store.close()
 
 
 def test_disk_full_commits_nothing_and_the_store_reopens(tmp_path: Path) -> None:

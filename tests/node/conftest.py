@@ -291,9 +291,16 @@ def serve_app(app: Any) -> Iterator[str]:
 
 @contextlib.contextmanager
 def serve_node(
-    files: ChainFiles, data_dir: Path, *, rate: float = 5000.0, burst: float = 10000.0, produce: bool = True
+    files: ChainFiles,
+    data_dir: Path,
+    *,
+    rate: float = 5000.0,
+    burst: float = 10000.0,
+    produce: bool = True,
+    **config: Any,
 ) -> Iterator[LiveNode]:
-    node = Node(NodeConfig(data_dir=data_dir, sequencer_key=files.sequencer), files.genesis)
+    """A node on real HTTP; `config` holds further NodeConfig fields."""
+    node = Node(NodeConfig(data_dir=data_dir, sequencer_key=files.sequencer, **config), files.genesis)
     if produce:
         node.start()
     try:

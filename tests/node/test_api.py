@@ -25,7 +25,11 @@ from tests.node.conftest import (
     write_chain_files,
 )
 from umbra import codec
-from umbra.chain.types import Block
+from umbra.chain.runtime import BlockOutcome
+from umbra.chain.state import StateRoot
+from umbra.chain.types import Block, Event, Header
+from umbra.node.api import _notice_json
+from umbra.node.service import BlockNotice
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -389,6 +393,23 @@ def test_server_sent_events_deliver_blocks_with_their_txs(live_node: LiveNode) -
     )
     heights = [b["height"] for b in seen_blocks]
     assert heights == sorted(heights) and len(set(heights)) == len(heights)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"source": os.urandom(32), "amount": 5, "ids": [os.urandom(32)], "note": None},
+        {"amount": 2**100},  # beyond 64 bits
+        {"by_key": {os.urandom(32): 1, 7: "seven"}},  # map keys that are not text
+    ],
+)
+def test_block_events_stream_as_jsonable_whatever_their_values(data: dict[str, Any]) -> None:
+    header = Header(3, os.urandom(32), 1, os.urandom(32), os.urandom(32), os.urandom(32), os.urandom(32), 1)
+    event = Event("balances", "Transfer", data, 0)
+    outcome = BlockOutcome([], [], [], [event], {}, StateRoot())
+    payload = json.loads(_notice_json(BlockNotice(Block(header, bytes(64), ()), outcome)))
+    assert payload["events"] == [codec.jsonable(event.to_cbor())]
+    assert payload["hash"] == codec.to_hex(header.hash) and payload["txs"] == []
 
 
 # ---- nodes with special settings -----------------------------------------------------------------

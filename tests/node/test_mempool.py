@@ -108,3 +108,15 @@ def test_the_next_nonce_is_admitted_while_an_included_tx_is_still_pooled(
     pool.admit(chain.transfer(ALICE, BOB, 1, nonce=1))
     pool.remove([first])
     assert [stx.tx.nonce for stx in pool.take(10)] == [1]
+
+
+def test_removing_included_txs_releases_exactly_their_pending_spend(chain: TestChain, pool: Mempool) -> None:
+    quarter = ENDOWMENT // 4
+    first, second = (chain.transfer(DAVE, BOB, quarter, nonce=n) for n in range(2))
+    pool.admit(first)
+    pool.admit(second)
+    chain.apply_ok(first)
+    pool.remove([first])  # DAVE now holds ENDOWMENT - quarter - 1, of which `second` reserves quarter + 1
+    rest = ENDOWMENT - 2 * (quarter + 1) - 1
+    assert refusal(pool, chain.transfer(DAVE, BOB, rest + 1, nonce=2)) == "insufficient_funds"
+    pool.admit(chain.transfer(DAVE, BOB, rest, nonce=2))

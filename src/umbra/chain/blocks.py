@@ -52,8 +52,10 @@ def build_block(
     time_ms: int,
     author: crypto.SigningKey | None,
     signatures: Sequence[bool] | None = None,
+    admitted: bool = False,
 ) -> tuple[Block, BlockOutcome]:
-    """Execute `txs` on top of `parent` and seal the header (signed when `author` is given)."""
+    """Execute `txs` on top of `parent` and seal the header (signed when `author` is given).
+    `signatures` and `admitted` are `Runtime.execute_block`'s."""
     time_ms = max(time_ms, parent.time_ms + 1)
     outcome = runtime.execute_block(
         backend,
@@ -63,6 +65,7 @@ def build_block(
         parent_hash=parent.hash,
         txs=txs,
         signatures=signatures,
+        admitted=admitted,
     )
     header = Header(
         height=parent.height + 1,

@@ -147,11 +147,10 @@ class StorageMap:
         return self.prefix + raw
 
     def get(self, state: State, key: bytes | str | int, default: Any = None) -> Any:
-        raw = state.get(self.key(key))
-        return default if raw is None else codec.decode(raw)
+        return state.get_value(self.key(key), default)
 
     def set(self, state: State, key: bytes | str | int, value: Any) -> None:
-        state.set(self.key(key), codec.encode(value))
+        state.set_value(self.key(key), value)
 
     def delete(self, state: State, key: bytes | str | int) -> None:
         state.delete(self.key(key))
@@ -167,7 +166,7 @@ class StorageMap:
         """Entries whose key starts with `key_prefix`, in key order."""
         cut = len(self.prefix)
         for key, raw in state.iter_prefix(self.prefix + key_prefix):
-            yield key[cut:], codec.decode(raw)
+            yield key[cut:], codec.decode_stored(raw)
 
 
 class StorageValue:
@@ -182,11 +181,10 @@ class StorageValue:
         self.key = f"{owner.name}/{self.name}".encode()  # type: ignore[attr-defined]
 
     def get(self, state: State) -> Any:
-        raw = state.get(self.key)
-        return self.default if raw is None else codec.decode(raw)
+        return state.get_value(self.key, self.default)
 
     def set(self, state: State, value: Any) -> None:
-        state.set(self.key, codec.encode(value))
+        state.set_value(self.key, value)
 
 
 class Module:
@@ -250,15 +248,15 @@ def check_args(arg_types: dict[str, Any], required: set[str], args: dict[str, An
 
 
 def _fits(value: Any, annotation: Any) -> bool:
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if type(annotation) is type:  # a plain class (bytes, str, dict, None's type): no typing machinery
+        return isinstance(value, annotation)
     origin = typing.get_origin(annotation)
     if origin in (Union, types.UnionType):
         return any(_fits(value, a) for a in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
     if annotation is Any:
         return True
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
     if origin is list:
         (inner,) = typing.get_args(annotation) or (Any,)
         return isinstance(value, list) and all(_fits(v, inner) for v in value)

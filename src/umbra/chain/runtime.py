@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
-from umbra import RUNTIME_VERSION
+from umbra import RUNTIME_VERSION, codec
 from umbra.chain.module import BlockContext, CallContext, CallSpec, DispatchError, Module, Origin, check_args
 from umbra.chain.modules.balances import Balances
 from umbra.chain.modules.compute import Compute
@@ -99,6 +100,11 @@ class BlockOutcome:
     def state_root(self) -> bytes:
         return self.root.digest()
 
+    @cached_property
+    def event_encodings(self) -> list[bytes]:
+        """Each event's CBOR, encoded once for the events root and for the store."""
+        return [codec.encode(event.to_cbor()) for event in self.events]
+
 
 SignatureCheck = Callable[[Sequence[SignedTx]], list[bool]]
 
@@ -152,15 +158,17 @@ class Runtime:
         _spec, _fn, arg_types, required = self.modules[call.module].calls[call.method]
         return check_args(arg_types, required, call.args)
 
-    def dispatch(self, ctx: CallContext, call: Call) -> None:
-        """Run one call with origin checks. Raises DispatchError on failure (caller rolls back)."""
+    def dispatch(self, ctx: CallContext, call: Call, *, args_checked: bool = False) -> None:
+        """Run one call with origin checks. Raises DispatchError on failure (caller rolls back).
+
+        `args_checked` says the args already passed `check_call_args` (a tx's stateless checks)."""
         module = self.modules.get(call.module)
         if module is None or call.method not in module.calls:
             raise DispatchError("system.unknown_call", f"no call {call.module}.{call.method}")
         spec, fn, arg_types, required = module.calls[call.method]
         if spec.origin is Origin.COUNCIL and ctx.origin is not Origin.COUNCIL:
             raise DispatchError("system.bad_origin", f"{call.module}.{call.method} needs council approval")
-        problem = check_args(arg_types, required, call.args)
+        problem = None if args_checked else check_args(arg_types, required, call.args)
         if problem is not None:
             raise DispatchError("system.malformed_call", problem)
         fn(ctx, **call.args)
@@ -210,7 +218,7 @@ class Runtime:
 
     # ---- execution -------------------------------------------------------------------------------
     def apply_tx(self, block: BlockContext, stx: SignedTx, index: int) -> Receipt:
-        """Charge the fee and bump the nonce, then dispatch atomically."""
+        """Charge the fee and bump the nonce, then dispatch atomically. `stx` passed `check_stateless`."""
         tx = stx.tx
         block.tx_index = index
         ctx = CallContext(block, Origin.SIGNED, tx.sender, stx.hash)
@@ -219,7 +227,7 @@ class Runtime:
         block.state.checkpoint()
         mark = len(block.events)
         try:
-            self.dispatch(ctx, tx.call)
+            self.dispatch(ctx, tx.call, args_checked=True)
         except DispatchError as exc:
             block.state.rollback()
             del block.events[mark:]
@@ -249,11 +257,14 @@ class Runtime:
         parent_hash: bytes,
         txs: Sequence[SignedTx],
         signatures: Sequence[bool] | None = None,
+        admitted: bool = False,
     ) -> BlockOutcome:
         """Apply `txs` in order on top of `backend`. Invalid txs are dropped deterministically.
 
-        `signatures[i]` says whether txs[i]'s signature was already verified good (the sequencer
-        verified at admission; a follower verifies in parallel before calling this).
+        `signatures[i]` says whether txs[i]'s signature was already verified good (a follower
+        verifies in parallel before calling this). `admitted` says every tx passed
+        `check_stateless` (signature included) at this node's admission, as a sequencer's own
+        mempool txs did: those checks need no state, so only the stateful ones run again.
         """
         state = State(backend)
         block = BlockContext(state, height, time_ms, parent_hash)
@@ -266,7 +277,8 @@ class Runtime:
             try:
                 if len(included) >= max_txs:
                     raise AdmissionError("mempool_full", "block is full")
-                self.check_stateless(stx, signature_ok=None if signatures is None else signatures[i])
+                if not admitted:
+                    self.check_stateless(stx, signature_ok=None if signatures is None else signatures[i])
                 self.check_stateful(state, stx, expected_nonce=self.system.nonce(state, stx.tx.sender))
             except AdmissionError as exc:
                 dropped.append((stx, exc))
@@ -278,7 +290,7 @@ class Runtime:
             module.on_finalize(block)
         changes = state.changes()
         new_root = state.updated_root(root, changes)
-        return BlockOutcome(
+        outcome = BlockOutcome(
             included=included,
             dropped=dropped,
             receipts=receipts,
@@ -286,5 +298,7 @@ class Runtime:
             changes=changes,
             root=new_root,
             tx_root=merkle_root([stx.hash for stx in included]),
-            events_root=merkle_root([event.hash() for event in block.events]),
         )
+        # The leaves are `Event.hash()`, from the encodings the store keeps as well.
+        outcome.events_root = merkle_root([codec.sha256(raw) for raw in outcome.event_encodings])
+        return outcome

@@ -17,9 +17,12 @@ block's net writes for the store to commit in one transaction. No I/O happens he
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
+
+from umbra import codec
 
 __all__ = ["MemoryBackend", "State", "StateBackend", "StateRoot", "entry_hash"]
 
@@ -29,6 +32,9 @@ _ENTRY_TAG = b"umbra/state-entry/v1"
 _ROOT_TAG = b"umbra/state-root/v1"
 
 
+# Most entries a block writes are overwritten by the next block (busy accounts, nonces): the old
+# value's hash, needed to subtract it, then comes from here instead of another SHAKE-256 of 1 KiB.
+@functools.lru_cache(maxsize=4096)
 def entry_hash(key: bytes, value: bytes) -> int:
     h = hashlib.shake_256(_ENTRY_TAG)
     h.update(len(key).to_bytes(4, "big"))
@@ -107,12 +113,34 @@ class MemoryBackend:
 _DELETED = None
 
 
+class _Value:
+    """A typed write: kept as a plain copy and encoded only when the bytes are needed (the block's
+    net changes, a raw read), so a value rewritten many times in a block is encoded once."""
+
+    __slots__ = ("_raw", "value")
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self._raw: bytes | None = None
+
+    def raw(self) -> bytes:
+        if self._raw is None:
+            self._raw = codec.encode(self.value)
+        return self._raw
+
+    def copy(self) -> Any:
+        return dict(self.value) if type(self.value) is dict else self.value
+
+
+_Entry = bytes | _Value | None
+
+
 class State:
     """A write journal over a backend. Reads see the newest write; deletes are `None` entries."""
 
     def __init__(self, backend: StateBackend) -> None:
         self._backend = backend
-        self._layers: list[dict[bytes, bytes | None]] = [{}]
+        self._layers: list[dict[bytes, _Entry]] = [{}]
         self._read_cache: dict[bytes, bytes | None] = {}  # backend reads; the backend is fixed for our life
         # Decoded values derived from state that stay fixed for this view's life (chain parameters:
         # a change made in a block takes effect from the next block).
@@ -122,8 +150,20 @@ class State:
     def get(self, key: bytes) -> bytes | None:
         for layer in reversed(self._layers):
             if key in layer:
-                return layer[key]
+                entry = layer[key]
+                return entry.raw() if isinstance(entry, _Value) else entry
         return self._committed(key)
+
+    def get_value(self, key: bytes, default: Any = None) -> Any:
+        """The decoded value under `key` (a fresh object the caller may change), or `default`."""
+        for layer in reversed(self._layers):
+            if key in layer:
+                entry = layer[key]
+                if isinstance(entry, _Value):
+                    return entry.copy()
+                return default if entry is None else codec.decode_stored(entry)
+        raw = self._committed(key)
+        return default if raw is None else codec.decode_stored(raw)
 
     def _committed(self, key: bytes) -> bytes | None:
         try:
@@ -134,21 +174,26 @@ class State:
 
     def iter_prefix(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Merged, key-ordered view of backend and journal under `prefix`."""
-        pending: dict[bytes, bytes | None] = {}
+        pending: dict[bytes, _Entry] = {}
         for layer in self._layers:
-            for key, value in layer.items():
+            for key, entry in layer.items():
                 if key.startswith(prefix):
-                    pending[key] = value
-        merged: dict[bytes, bytes | None] = dict(self._backend.iter_prefix(prefix))
+                    pending[key] = entry
+        merged: dict[bytes, _Entry] = dict(self._backend.iter_prefix(prefix))
         merged.update(pending)
         for key in sorted(merged):
-            value = merged[key]
-            if value is not None:
-                yield key, value
+            entry = merged[key]
+            if entry is not None:
+                yield key, entry.raw() if isinstance(entry, _Value) else entry
 
     # ---- writes ------------------------------------------------------------------------------
     def set(self, key: bytes, value: bytes) -> None:
         self._layers[-1][key] = value
+
+    def set_value(self, key: bytes, value: Any) -> None:
+        """Write `value`, to be CBOR-encoded; later changes to the caller's object do not count."""
+        copy = codec.plain_copy(value, nested=False)  # flat: `_Value.copy` copies one level
+        self._layers[-1][key] = codec.encode(value) if copy is codec.NOT_PLAIN else _Value(copy)
 
     def delete(self, key: bytes) -> None:
         self._layers[-1][key] = _DELETED
@@ -176,7 +221,8 @@ class State:
         if len(self._layers) != 1:
             raise RuntimeError("changes() with open checkpoints")
         net: dict[bytes, bytes | None] = {}
-        for key, value in self._layers[0].items():
+        for key, entry in self._layers[0].items():
+            value = entry.raw() if isinstance(entry, _Value) else entry
             if self._committed(key) != value:
                 net[key] = value
         return net

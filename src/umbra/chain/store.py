@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,11 @@ CREATE TABLE IF NOT EXISTS blobs (hash BLOB PRIMARY KEY, data BLOB NOT NULL, sto
 """
 
 _SCHEMA_VERSION = 1
+# Committed state entries kept in memory: the hot accounts of a busy chain fit many times over,
+# and a point read from SQLite costs a GIL release and re-acquire that busy threads make slow.
+_CACHED_ENTRIES = 65_536
 _MAX_HEIGHT = (1 << 63) - 1  # SQLite integers are signed 64-bit: no block lives above this
+_HASHES_PER_QUERY = 500  # bound parameters per IN (...) query, well under SQLite's limit
 
 
 class StoreCorrupt(RuntimeError):
@@ -60,7 +64,12 @@ class TxRecord:
 
 
 class Store:
-    """One SQLite file. A single writer; readers get their own connection per thread."""
+    """One SQLite file. A single writer; readers get their own connection per thread.
+
+    Point reads of committed state go through a bounded cache that the writer keeps current: each
+    commit writes its changes through under `_cache_lock` and bumps `_generation`, and a reader
+    only caches what it fetched from SQLite if no commit happened meanwhile (else the value may
+    predate that commit)."""
 
     def __init__(self, path: str | Path, *, max_pages: int | None = None) -> None:
         self.path = Path(path)
@@ -68,6 +77,9 @@ class Store:
         self._max_pages = max_pages
         self._local = threading.local()
         self._write_lock = threading.Lock()
+        self._cache: dict[bytes, bytes | None] = {}
+        self._cache_lock = threading.Lock()
+        self._generation = 0
         try:
             self._db = self._connect()
             self._db.executescript(_SCHEMA)
@@ -199,8 +211,7 @@ class Store:
 
     # ---- state backend -----------------------------------------------------------------------
     def get(self, key: bytes) -> bytes | None:
-        row = self._db.execute("SELECT v FROM state WHERE k = ?", (key,)).fetchone()
-        return None if row is None else bytes(row[0])
+        return self._cached(key, self._db)
 
     def iter_prefix(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         upper = _prefix_upper_bound(prefix)
@@ -215,8 +226,22 @@ class Store:
 
     def read(self, key: bytes) -> bytes | None:
         """A state read for API threads (own connection, sees only committed blocks)."""
-        row = self._reader().execute("SELECT v FROM state WHERE k = ?", (key,)).fetchone()
-        return None if row is None else bytes(row[0])
+        return self._cached(key, self._reader())
+
+    def _cached(self, key: bytes, db: sqlite3.Connection) -> bytes | None:
+        with self._cache_lock:
+            try:
+                return self._cache[key]
+            except KeyError:
+                generation = self._generation
+        row = db.execute("SELECT v FROM state WHERE k = ?", (key,)).fetchone()
+        value = None if row is None else bytes(row[0])
+        with self._cache_lock:
+            if generation == self._generation:
+                if len(self._cache) >= _CACHED_ENTRIES:
+                    self._cache.clear()
+                self._cache[key] = value
+        return value
 
     def read_prefix(self, prefix: bytes, limit: int = 10_000) -> list[tuple[bytes, bytes]]:
         upper = _prefix_upper_bound(prefix) or b"\xff" * 64
@@ -251,7 +276,7 @@ class Store:
                     block.signature,
                     codec.encode(list(block.txs)),
                     codec.encode([r.to_cbor() for r in outcome.receipts]),
-                    codec.encode([e.to_cbor() for e in outcome.events]),
+                    codec.encode_array(outcome.event_encodings),
                 ),
             )
             db.executemany(
@@ -270,6 +295,12 @@ class Store:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('head', ?)", (codec.encode(header.to_cbor()),))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('accumulator', ?)", (outcome.root.to_bytes(),))
             db.execute("COMMIT")
+            with self._cache_lock:
+                self._generation += 1
+                if len(self._cache) + len(outcome.changes) > _CACHED_ENTRIES:
+                    self._cache.clear()  # the next reads fill it again
+                else:
+                    self._cache.update(outcome.changes)
         except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
@@ -361,6 +392,18 @@ class Store:
         if row is None:
             return None
         return TxRecord(bytes(row[0]), int(row[1]), int(row[2]), bytes(row[3]), bool(row[4]), row[5], row[6])
+
+    def included(self, tx_hashes: Iterable[bytes]) -> set[bytes]:
+        """Which of `tx_hashes` a committed block includes (a few queries for a whole batch)."""
+        wanted = list(tx_hashes)
+        found: set[bytes] = set()
+        db = self._reader()
+        for i in range(0, len(wanted), _HASHES_PER_QUERY):
+            chunk = wanted[i : i + _HASHES_PER_QUERY]
+            marks = ",".join("?" * len(chunk))
+            rows = db.execute(f"SELECT hash FROM txs WHERE hash IN ({marks})", chunk).fetchall()
+            found.update(bytes(row[0]) for row in rows)
+        return found
 
     def txs_of(self, sender: bytes, limit: int = 50) -> list[TxRecord]:
         rows = (

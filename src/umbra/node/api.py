@@ -7,6 +7,7 @@ Handlers that verify signatures or touch SQLite run in the thread pool, never on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -71,23 +73,39 @@ class _Waiters:
     def __init__(self) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.by_tx: dict[bytes, list[asyncio.Future[int]]] = {}
-        self.subscribers: set[asyncio.Queue[BlockNotice]] = set()
+        self.subscribers: set[asyncio.Queue[bytes]] = set()  # each gets every block's SSE frame
+        self.next_block: list[asyncio.Future[None]] = []  # submissions waiting out a deep backlog
 
     def on_block(self, notice: BlockNotice) -> None:
         if self.loop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self._deliver, notice)
 
     def _deliver(self, notice: BlockNotice) -> None:
+        for waiting in self.next_block:
+            if not waiting.done():
+                waiting.set_result(None)
+        self.next_block.clear()
         height = notice.block.header.height
         for stx in notice.outcome.included:
             for fut in self.by_tx.pop(stx.hash, []):
                 if not fut.done():
                     fut.set_result(height)
+        if not self.subscribers:
+            return
+        frame = b"event: block\ndata: " + _notice_json(notice) + b"\n\n"  # once, for every subscriber
         for queue in list(self.subscribers):
             if queue.full():  # a slow reader loses its stream rather than growing memory
                 self.subscribers.discard(queue)
             else:
-                queue.put_nowait(notice)
+                queue.put_nowait(frame)
+
+    async def block(self, timeout: float) -> None:
+        """Until the next block commits (or `timeout` seconds), holding no thread."""
+        assert self.loop is not None
+        waiting: asyncio.Future[None] = self.loop.create_future()
+        self.next_block.append(waiting)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(waiting, timeout)
 
     async def wait(self, tx_hash: bytes, timeout: float, included: Callable[[], int | None]) -> int | None:
         """The height of the block that includes `tx_hash`, or None after `timeout` seconds.
@@ -164,6 +182,12 @@ def create_app(node: Node, *, rate: float = 5000.0, burst: float = 10000.0) -> A
         return _error(500, "internal", f"internal error: {type(exc).__name__}")
 
     # ---- txs ------------------------------------------------------------------------------------
+    async def pace() -> None:
+        """`Node.submit_many`'s wait for a block behind a deep backlog, on the event loop: waiting
+        submissions hold no worker thread, so queries stay answered while the node is busy."""
+        if node.backlog_full():
+            await waiters.block(node.config.admission_wait_s)
+
     def _parse_hex(text: str, what: str) -> bytes:
         try:
             return codec.from_hex(text, what=what)
@@ -176,7 +200,8 @@ def create_app(node: Node, *, rate: float = 5000.0, burst: float = 10000.0) -> A
     ) -> Any:
         try:
             raw = _parse_hex(body.tx, "tx")
-            tx_hash = await run_in_threadpool(node.submit, raw)
+            await pace()
+            tx_hash = await run_in_threadpool(node.submit, raw, paced=False)
         except AdmissionError as exc:
             m_refused.labels(exc.code).inc()
             return _admission_error(exc)
@@ -212,7 +237,9 @@ def create_app(node: Node, *, rate: float = 5000.0, burst: float = 10000.0) -> A
             except AdmissionError as exc:
                 raws.append(exc)
         good = [r for r in raws if isinstance(r, bytes)]
-        results = iter(await run_in_threadpool(node.submit_many, good) if good else [])
+        if good:
+            await pace()
+        results = iter(await run_in_threadpool(node.submit_many, good, paced=False) if good else [])
         out: list[dict[str, Any]] = []
         for item in raws:
             result = item if isinstance(item, AdmissionError) else next(results)
@@ -220,9 +247,10 @@ def create_app(node: Node, *, rate: float = 5000.0, burst: float = 10000.0) -> A
                 m_refused.labels(result.code).inc()
                 out.append({"error": {"code": result.code, "message": result.message}})
             else:
-                m_admitted.inc()
                 out.append({"tx_hash": codec.to_hex(result)})
-        return {"results": out}
+        m_admitted.inc(sum(1 for entry in out if "tx_hash" in entry))
+        # Plain JSON already: a JSONResponse skips FastAPI's per-item jsonable_encoder walk.
+        return JSONResponse({"results": out})
 
     @app.get("/tx/{tx_hash}", summary="Status and receipt of a tx")
     async def get_tx(tx_hash: str) -> Any:
@@ -469,7 +497,7 @@ def create_app(node: Node, *, rate: float = 5000.0, burst: float = 10000.0) -> A
     # ---- events (SSE) ---------------------------------------------------------------------------
     @app.get("/events", summary="Server-sent events: one `block` event per committed block")
     async def events(request: Request) -> StreamingResponse:
-        queue: asyncio.Queue[BlockNotice] = asyncio.Queue(maxsize=1000)
+        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1000)
         waiters.subscribers.add(queue)
 
         async def stream() -> AsyncIterator[bytes]:
@@ -477,12 +505,9 @@ def create_app(node: Node, *, rate: float = 5000.0, burst: float = 10000.0) -> A
                 yield b": umbra event stream\n\n"
                 while not await request.is_disconnected():
                     try:
-                        notice = await asyncio.wait_for(queue.get(), 15)
+                        yield await asyncio.wait_for(queue.get(), 15)
                     except TimeoutError:
                         yield b": keep-alive\n\n"
-                        continue
-                    payload = _notice_json(notice)
-                    yield f"event: block\ndata: {json.dumps(payload)}\n\n".encode()
             finally:
                 waiters.subscribers.discard(queue)
 
@@ -514,8 +539,18 @@ def create_app(node: Node, *, rate: float = 5000.0, burst: float = 10000.0) -> A
     return guarded
 
 
-def _notice_json(notice: BlockNotice) -> dict[str, Any]:
-    header = notice.block.header.to_json()
-    header["txs"] = [codec.to_hex(stx.hash) for stx in notice.outcome.included]
-    header["events"] = [codec.jsonable(e.to_cbor()) for e in notice.outcome.events]
-    return header
+def _notice_json(notice: BlockNotice) -> bytes:
+    """The block's SSE payload: its header, tx hashes and events, as JSON (bytes as 0x-hex)."""
+    payload = notice.block.header.to_json()
+    payload["txs"] = [codec.to_hex(stx.hash) for stx in notice.outcome.included]
+    events = [e.to_cbor() for e in notice.outcome.events]
+    try:  # orjson walks the events in C and calls back only for bytes
+        return orjson.dumps({**payload, "events": events}, default=_hex)
+    except TypeError:  # bytes as map keys, or integers beyond 64 bits: the generic conversion
+        return json.dumps({**payload, "events": [codec.jsonable(e) for e in events]}).encode()
+
+
+def _hex(value: Any) -> str:
+    if isinstance(value, bytes):
+        return codec.to_hex(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")

@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,15 +23,13 @@ from umbra.chain.runtime import AdmissionError, BlockOutcome, Runtime
 from umbra.chain.state import State
 from umbra.chain.store import ReadView, Store, StoreCorrupt, StoreFull
 from umbra.chain.types import Block, GenesisConfig, MalformedError, SignedTx
+from umbra.node._verify import Verifier
 from umbra.ordering.evm import EvmSettings, EvmSource
 from umbra.ordering.mempool import Mempool
 
 __all__ = ["Node", "NodeConfig", "NodeHalted"]
 
 log = logging.getLogger("umbra.node")
-
-# Signature checks release the GIL, so a small pool verifies batches in parallel.
-_VERIFY_CHUNK = 64
 
 
 class NodeHalted(RuntimeError):
@@ -47,6 +44,11 @@ class NodeConfig:
     evm: EvmSettings | None = None  # evm mode: derive from an inbox contract
     mempool_capacity: int = 100_000
     max_pending_per_sender: int = 256  # per-account admission limit (429 rate_limited beyond it)
+    # While this many txs wait for a block, a producing sequencer admits a batch only after the next
+    # block (or `admission_wait_s`): the backlog stays in the clients, so a tx admitted is in the
+    # next block or the one after, instead of behind seconds of queued txs.
+    admission_backlog: int = 500
+    admission_wait_s: float = 5.0
     max_pages: int | None = None  # SQLite quota (tests of disk-full behaviour)
 
 
@@ -81,7 +83,10 @@ class Node:
             capacity=config.mempool_capacity,
             per_sender=config.max_pending_per_sender,
         )
-        self._verify_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
+        self._verifier = Verifier()
+        self._block_done = threading.Condition()  # notified when a produced block left the mempool
+        self._producing = False  # the local sequencer loop runs (admission then waits for blocks)
+        self._in_block = 0  # txs of the mempool that the block being built took
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._listeners: list[Callable[[BlockNotice], None]] = []
@@ -113,6 +118,7 @@ class Node:
         return "evm" if self.evm is not None else "local"
 
     def start(self) -> None:
+        self._verifier.warm()
         if self.evm is not None:
             evm = self.evm
             self._thread = threading.Thread(
@@ -127,6 +133,7 @@ class Node:
         target = self._produce_loop if self.is_sequencer else self._follow_loop
         if not self.is_sequencer and self.config.follow_url is None:
             raise ValueError("a node needs a sequencer key, a URL to follow, or an EVM inbox")
+        self._producing = self.is_sequencer
         self._thread = threading.Thread(target=target, name="block-source", daemon=True)
         self._thread.start()
 
@@ -137,43 +144,44 @@ class Node:
     def stop(self) -> None:
         self._stop.set()
         self.mempool.ready.set()
+        with self._block_done:
+            self._block_done.notify_all()
         for thread in (self._thread, self._relayer_thread):
             if thread is not None:
                 thread.join(timeout=10)
         if self.evm is not None:
             self.evm.close()
-        self._verify_pool.shutdown(wait=False)
+        self._verifier.close()
 
     def add_listener(self, listener: Callable[[BlockNotice], None]) -> None:
         self._listeners.append(listener)
 
     # ---- submission ----------------------------------------------------------------------------
-    def decode_tx(self, raw: bytes) -> SignedTx:
-        max_bytes = int(self.runtime.system.param(_state(self), "max_tx_bytes"))
+    @staticmethod
+    def _decode_tx(raw: bytes, max_bytes: int) -> SignedTx | AdmissionError:
         if len(raw) > max_bytes:
-            raise AdmissionError("too_large", f"tx is {len(raw)} bytes; the limit is {max_bytes}")
+            return AdmissionError("too_large", f"tx is {len(raw)} bytes; the limit is {max_bytes}")
         try:
             return SignedTx.decode(raw)
         except MalformedError as exc:
-            raise AdmissionError("malformed", f"tx does not decode: {exc}") from None
+            return AdmissionError("malformed", f"tx does not decode: {exc}")
 
     def verify_signatures(self, txs: Sequence[SignedTx]) -> list[bool]:
-        """Verify in parallel chunks (Ed25519 verification releases the GIL)."""
-        if len(txs) <= _VERIFY_CHUNK:
-            return [stx.verify_signature() for stx in txs]
-        chunks = [txs[i : i + _VERIFY_CHUNK] for i in range(0, len(txs), _VERIFY_CHUNK)]
-        results = self._verify_pool.map(lambda chunk: [s.verify_signature() for s in chunk], chunks)
-        return [ok for chunk in results for ok in chunk]
+        """One verdict per tx; large batches are checked in worker processes, in parallel."""
+        return self._verifier.verify(txs)
 
-    def submit(self, raw: bytes) -> bytes:
+    def submit(self, raw: bytes, *, paced: bool = True) -> bytes:
         """Admit one encoded tx (blocking; call from a worker thread). Returns its hash."""
-        (result,) = self.submit_many([raw])
+        (result,) = self.submit_many([raw], paced=paced)
         if isinstance(result, AdmissionError):
             raise result
         return result
 
-    def submit_many(self, raws: Sequence[bytes]) -> list[bytes | AdmissionError]:
-        """Admit a batch. Each entry is the tx hash, or the AdmissionError that refused it."""
+    def submit_many(self, raws: Sequence[bytes], *, paced: bool = True) -> list[bytes | AdmissionError]:
+        """Admit a batch. Each entry is the tx hash, or the AdmissionError that refused it.
+
+        `paced`: with a deep backlog, first wait for the next block (see `backlog_full`). The API
+        waits on its event loop instead, holding no thread, and passes False."""
         accepting = self.is_sequencer or (self.evm is not None and self.evm.accepts_txs)
         if self.halted or not accepting:
             if self.halted:
@@ -186,29 +194,38 @@ class Node:
         if self.disk_full is not None:
             why = f"the node cannot store blocks ({self.disk_full}); free disk space, then retry"
             return [AdmissionError("disk_full", why) for _ in raws]
-        decoded: list[SignedTx | AdmissionError] = []
-        for raw in raws:
-            try:
-                decoded.append(self.decode_tx(raw))
-            except AdmissionError as exc:
-                decoded.append(exc)
+        if paced:
+            with self._block_done:  # a block that ends meanwhile notifies under this lock
+                if self.backlog_full():
+                    self._block_done.wait(self.config.admission_wait_s)
+        view = self.mempool.view()  # one read view of committed state for the whole batch
+        max_bytes = int(self.runtime.system.param(view, "max_tx_bytes"))
+        decoded = [self._decode_tx(raw, max_bytes) for raw in raws]
         good = [d for d in decoded if isinstance(d, SignedTx)]
         verdicts = iter(self.verify_signatures(good))
+        included = self.store.included(stx.hash for stx in good)
         results: list[bytes | AdmissionError] = []
-        view = self.mempool.view()
         for item in decoded:
             if isinstance(item, AdmissionError):
                 results.append(item)
                 continue
             try:
                 self.runtime.check_stateless(item, signature_ok=next(verdicts))
-                if self.store.tx(item.hash) is not None:
+                if item.hash in included:
                     raise AdmissionError("duplicate", "this tx is already included in a block")
                 self.mempool.admit(item, view)
                 results.append(item.hash)
             except AdmissionError as exc:
                 results.append(exc)
         return results
+
+    def backlog_full(self) -> bool:
+        """Whether a submission should wait for the next block: this producing sequencer already has
+        `admission_backlog` txs waiting beyond the block being built. One block's wait, not until
+        the backlog shrinks: it may be txs no block can take yet (nonces after a gap that the very
+        submission fills)."""
+        waiting = len(self.mempool) - self._in_block
+        return self._producing and waiting >= self.config.admission_backlog and not self._stop.is_set()
 
     # ---- block production (local sequencer) ----------------------------------------------------
     def _produce_loop(self) -> None:
@@ -222,7 +239,7 @@ class Node:
             now = time.monotonic()
             since = now - last
             if since < block_ms:
-                time.sleep(block_ms - since)
+                self._stop.wait(block_ms - since)
                 continue
             if len(self.mempool) == 0 and since < idle_ms:
                 self.mempool.ready.wait(timeout=idle_ms - since)
@@ -242,19 +259,25 @@ class Node:
     def produce_block(self, key: crypto.SigningKey) -> Block:
         limit = int(self.runtime.system.param(_state(self), "max_block_txs"))
         txs = self.mempool.take(limit)
-        parent = self.store.head()
-        block, outcome = build_block(
-            self.runtime,
-            self.store,
-            self.store.root(),
-            parent,
-            txs,
-            time_ms=int(time.time() * 1000),
-            author=key,
-            signatures=[True] * len(txs),  # verified at admission
-        )
-        self._commit(block, outcome)
-        self.mempool.remove(txs)
+        self._in_block = len(txs)
+        try:
+            parent = self.store.head()
+            block, outcome = build_block(
+                self.runtime,
+                self.store,
+                self.store.root(),
+                parent,
+                txs,
+                time_ms=int(time.time() * 1000),
+                author=key,
+                admitted=True,  # each passed the stateless checks, signature included, at admission
+            )
+            self._commit(block, outcome)
+            self.mempool.remove(txs)
+        finally:
+            with self._block_done:
+                self._in_block = 0
+                self._block_done.notify_all()
         return block
 
     # ---- following -----------------------------------------------------------------------------

@@ -108,9 +108,7 @@ class Mempool:
             touched: set[bytes] = set()
             for stx in txs:
                 if self._by_hash.pop(stx.hash, None) is not None:
-                    queue = self._senders.get(stx.tx.sender)
-                    if queue is not None:
-                        queue.txs.pop(stx.tx.nonce, None)
+                    self._forget(stx)
                 touched.add(stx.tx.sender)
             state = State(self._backend)
             for sender in touched:
@@ -119,10 +117,19 @@ class Mempool:
                     continue
                 base = self._runtime.system.nonce(state, sender)
                 for nonce in [n for n in queue.txs if n < base]:
-                    self._by_hash.pop(queue.txs.pop(nonce).hash, None)
-                if not queue.txs:
-                    del self._senders[sender]
-                else:
-                    queue.spend = sum(self._runtime.spend_of(s) for s in queue.txs.values())
+                    stale = queue.txs[nonce]
+                    self._by_hash.pop(stale.hash, None)
+                    self._forget(stale)
             if not self._by_hash:
                 self.ready.clear()
+
+    def _forget(self, stx: SignedTx) -> None:
+        """Drop a tx (already gone from `_by_hash`) from its sender's queue and pending spend."""
+        queue = self._senders.get(stx.tx.sender)
+        held = None if queue is None else queue.txs.get(stx.tx.nonce)
+        if queue is None or held is None or held.hash != stx.hash:
+            return
+        del queue.txs[stx.tx.nonce]
+        queue.spend -= self._runtime.spend_of(held)
+        if not queue.txs:
+            del self._senders[stx.tx.sender]
