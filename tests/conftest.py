@@ -11,6 +11,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = (REPO / ".." / "shared").resolve()
 VECTORS = SHARED / "attestation-vectors"
+# The example counter (init start, command add(by), query get): the contract most tests deploy.
+COUNTER_CONTRACT = REPO / "examples" / "counter" / "contract.py"
 
 
 def load_cases() -> list[dict[str, Any]]:

@@ -60,7 +60,10 @@ class Client:
         assert record is not None
         return proto.ContractKey.from_json(codec.jsonable(record))
 
-    def call(self, signer: crypto.SigningKey, method: str, **args: Any) -> proto.Outcome:
+    def call(
+        self, signer: crypto.SigningKey, method: str, *, bare: bool = False, **args: Any
+    ) -> proto.Outcome:
+        """`bare`: send only the job id, as a host does when the core holds the rest."""
         reply_key = crypto.EcdhKey.generate()
         nonce = self.net.chain.nonce(signer)
         sealed = proto.seal_input(
@@ -97,15 +100,8 @@ class Client:
                 (k[32:], v) for k, v in self.net.chain.runtime.contracts.secrets.items(self.net.chain.state())
             )
         }
-        result = self.worker.call(
-            "execute",
-            job=job,
-            code=code,
-            sealed_input=sealed,
-            state_blob=state["blob"],
-            secrets=secrets,
-            blobs={},
-        )
+        inputs = {"code": code, "sealed_input": sealed, "state_blob": state["blob"], "secrets": secrets}
+        result = self.worker.call("execute", job=job, **({} if bare else {**inputs, "blobs": {}}))
         submitted = self.net.submit(
             self.worker,
             "compute",
@@ -251,6 +247,28 @@ def test_a_bare_query_runs_on_what_the_core_holds_and_asks_for_the_rest(deployed
     with pytest.raises(CoreError) as caught:  # what the host does send is still checked
         deployed.worker.call("query", contract=deployed.contract, query=b"x", code=b"print(1)")
     assert caught.value.code == "bad_code"
+
+
+def test_a_bare_execute_runs_on_what_the_core_holds_and_asks_for_the_rest(deployed: Client) -> None:
+    from umbra.enclave.transport import CoreError
+
+    deployed.call(ALICE, "__init__", start=5)  # with everything: the core starts the code's sandbox
+    # The input from the verified request tx, the state the core sealed itself, the warm code.
+    added = deployed.call(BOB, "add", bare=True, by=2)
+    assert added.ok and added.output == 7
+    assert deployed.call(BOB, "add", bare=True, by=1).output == 8
+    state = deployed.net.chain.runtime.contracts.current_state(deployed.net.chain.state(), deployed.contract)
+    assert state["version"] == 3
+    # Another contract: no sandbox for its code yet, so the host must send what the core lacks.
+    outcome = deployed.net.block(
+        deployed.net.chain.tx(ALICE, "contracts", "deploy", code=COUNTER, manifest={})
+    )
+    (event,) = events_named(outcome, "contracts", "ContractDeployed")
+    (gatekeeper,) = (m for m in deployed.net.members if m.name == "gk")
+    deployed.net.run_gatekeeper(gatekeeper)  # publishes the new contract's key
+    with pytest.raises(CoreError) as caught:
+        Client(deployed.net, deployed.worker, event["contract"]).call(ALICE, "__init__", bare=True)
+    assert caught.value.code == "needs_input"
 
 
 def test_the_core_refuses_inputs_code_and_state_that_do_not_match_the_chain(deployed: Client) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import COUNTER_CONTRACT
 from tests.evm.conftest import HTTP, UMBRA, wait_until
 from tests.worker.conftest import Dev
 from umbra import RUNTIME_VERSION, codec, crypto
@@ -122,21 +123,6 @@ def test_without_anvil_dev_says_how_to_install_it(monkeypatch: pytest.MonkeyPatc
         anvil_command(port=1)
 
 
-COUNTER = """
-from umbra.contract import Contract, command
-
-
-class Counter(Contract):
-    def init(self, ctx, start=0):
-        self.state["n"] = start
-
-    @command
-    def add(self, ctx, by=1):
-        self.state["n"] += by
-        return self.state["n"]
-"""
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_a_call_through_node_a_completes_on_a_worker_attached_to_node_b(
@@ -154,7 +140,7 @@ def test_a_call_through_node_a_completes_on_a_worker_attached_to_node_b(
         assert worker["node"] == node_b
 
         with Client(node_a, crypto.load_signing_key(doc["keys"]["alice"])) as client:
-            counter = client.deploy(COUNTER, init={"start": 1}).contract_id
+            counter = client.deploy(COUNTER_CONTRACT, init={"start": 1}).contract_id
             result = client.call(counter, "add", {"by": 2})
         assert result.output == 3 and result.verified and result.workers == [worker["id"]]
 

@@ -620,8 +620,8 @@ class ContractRunner:
                 try:
                     self._collect_exits()
                     self._send_blobs(job.blobs)
-                    child = self._kept_child(job.caller) if job.kind == "query" else None
-                    child = child or self._take_spare(deadline)
+                    kept = self._kept_child(job.caller) if job.kind == "query" else None
+                    child = kept or self._take_spare(deadline)
                 except (OSError, _wire.ProtocolError, _values.ValueRejected, TimeoutError):
                     self._kill_host()
                     continue  # no job process had the job yet: safe to try on a fresh host
@@ -632,6 +632,8 @@ class ContractRunner:
                     self._kill_host()
                     return _failure("sandbox", f"the sandbox failed during the job: {exc}")
                 finally:
+                    if kept is None:
+                        self._taken(child)
                     if child.again and self._proc is not None:
                         self._keep(job.caller, child)
                     else:
@@ -704,10 +706,20 @@ class ContractRunner:
             while self._spares:
                 spare = self._spares.popleft()
                 if spare.generation == self._generation:
-                    self._write(_wire.TAKEN, _values.encode(spare.pid, what="taken"))
                     return spare
                 spare.close()  # it lacks a blob this job may read
             self._receive_spare(deadline)
+
+    def _taken(self, spare: _Spare) -> None:
+        """Tell the host a spare was used, so that it forks a replacement: after the job, so that
+        the new child's set-up (fork, confinement, rehearsal) does not compete with the job for a
+        CPU. The other spare serves a job that comes meanwhile."""
+        if self._proc is None:
+            return  # the host is gone (a new one forks its own spares)
+        try:
+            self._write(_wire.TAKEN, _values.encode(spare.pid, what="taken"))
+        except OSError:
+            self._kill_host()  # the next job starts a new host
 
     def _receive_spare(self, deadline: float) -> None:
         """Take one spare the host sent, waiting until the deadline if none is queued yet."""

@@ -22,7 +22,7 @@ HEADER_SIZE = _HEADER.size
 LOAD = ord("L")  # CBOR {code, contract, limits, landlock, spare_fd}: the first frame, exactly once
 BLOB = ord("B")  # CBOR {key, data}: cache a blob in the host so children inherit it through fork
 DROP = ord("D")  # CBOR [key, ...]: forget cached blobs
-TAKEN = ord("T")  # CBOR pid: the runner gave that spare a job (the host forks a replacement)
+TAKEN = ord("T")  # CBOR pid: a spare the runner used (after its job): the host forks a replacement
 EXIT = ord("X")  # empty: the host exits
 # host -> runner (stdout); spares travel separately, over a unix socket with their pipes
 READY = ord("Y")  # CBOR {info, protections}

@@ -7,6 +7,10 @@ genesis sequencer signed the header, that the txs hash to `tx_root` and the even
 status, master key publications and who holds which epoch, contracts (code hash, settled state,
 published keys) and pending jobs. Tx arguments the core needs (a handover's ciphertext, a job
 request's reply key) are read from the verified txs themselves, found through the event's index.
+Two kinds of ciphertext are kept as well, in memory only and within a budget: a job request's
+sealed input (until the job is assigned elsewhere or closes) and each contract's latest sealed
+state (from the result tx that settled it), so that the host need not fetch and resend what the
+core has already verified.
 
 Everything here is public chain data; the view is checkpointed in sealed storage only so that
 the host cannot feed a restarted core a rolled-back or forged history as its starting point.
@@ -20,9 +24,12 @@ from typing import Any
 from umbra import RUNTIME_VERSION, codec, crypto
 from umbra.chain.types import Block, Event, GenesisConfig, MalformedError, SignedTx, merkle_root
 
-__all__ = ["ChainView", "ForgedBlock", "Note"]
+__all__ = ["ChainView", "ForgedBlock", "KeptCiphertexts", "Note"]
 
 _ATTEST_DOMAIN = "umbra/chain-attest/v1"  # what evm-ordering nodes sign per derived block
+# Ciphertexts kept from verified txs (see KeptCiphertexts); past these the host sends them.
+_INPUTS_BYTES = 32 * 1024 * 1024
+_STATES_BYTES = 64 * 1024 * 1024
 
 
 class ForgedBlock(Exception):
@@ -48,6 +55,31 @@ def _genesis_setting(genesis: GenesisConfig, module: str, name: str, default: in
     return int(value)
 
 
+class KeptCiphertexts:
+    """Ciphertexts from verified txs by a key (sealed inputs by job id, sealed states by their
+    hash), within a byte budget. Not checkpointed: after a restart, or past the budget, the host
+    sends what is missing, checked against the hash the chain recorded."""
+
+    def __init__(self, budget: int) -> None:
+        self._items: dict[bytes, bytes] = {}
+        self._size = 0
+        self._budget = budget
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._items.get(key)
+
+    def put(self, key: bytes, sealed: bytes) -> None:
+        if key in self._items or self._size + len(sealed) > self._budget:
+            return
+        self._items[key] = sealed
+        self._size += len(sealed)
+
+    def drop(self, key: bytes) -> None:
+        sealed = self._items.pop(key, None)
+        if sealed is not None:
+            self._size -= len(sealed)
+
+
 @dataclass
 class ChainView:
     chain_id: str
@@ -71,6 +103,13 @@ class ChainView:
     evm_quorum: int = 0
     # The block being applied (not persisted): handlers stamp records with its height and time.
     applying: tuple[int, int] = (0, 0)
+    # Not persisted: sealed inputs of pending jobs by job id, contracts' latest sealed states by hash.
+    inputs: KeptCiphertexts = field(
+        default_factory=lambda: KeptCiphertexts(_INPUTS_BYTES), compare=False, repr=False
+    )
+    states: KeptCiphertexts = field(
+        default_factory=lambda: KeptCiphertexts(_STATES_BYTES), compare=False, repr=False
+    )
 
     @classmethod
     def from_genesis(cls, genesis: GenesisConfig) -> ChainView:
@@ -382,8 +421,14 @@ def _blob_registered(view: ChainView, data: dict[str, Any], tx: SignedTx | None,
 def _state_updated(view: ChainView, data: dict[str, Any], tx: SignedTx | None, me: bytes) -> Note | None:
     contract = view.contracts.get(data["contract"])
     if contract is not None:
+        if contract["state_hash"] is not None:
+            view.states.drop(contract["state_hash"])
         contract["version"] = int(data["version"])
         contract["state_hash"] = data["state_hash"]
+        # The settling result tx carries the sealed state (the settlement checked its hash).
+        blob = (_args(tx, "compute", "submit_result") or {}).get("state_blob")
+        if isinstance(blob, bytes) and codec.sha256(blob) == data["state_hash"]:
+            view.states.put(data["state_hash"], blob)
     return None
 
 
@@ -405,6 +450,9 @@ def _job_requested(view: ChainView, data: dict[str, Any], tx: SignedTx | None, m
         "deadline_height": None,
         "submitted": [],
     }
+    sealed = args.get("sealed_input")
+    if isinstance(sealed, bytes):
+        view.inputs.put(data["job"], sealed)
     return None
 
 
@@ -422,7 +470,10 @@ def _job_assigned(view: ChainView, data: dict[str, Any], tx: SignedTx | None, me
         state_hash=data["state_hash"],
         submitted=[],
     )
-    return Note("job_assigned", {"job": data["job"]}) if me in job["workers"] else None
+    if me not in job["workers"]:
+        view.inputs.drop(data["job"])
+        return None
+    return Note("job_assigned", {"job": data["job"]})
 
 
 def _job_reassigned(view: ChainView, data: dict[str, Any], tx: SignedTx | None, me: bytes) -> Note | None:
@@ -442,17 +493,19 @@ def _result_submitted(view: ChainView, data: dict[str, Any], tx: SignedTx | None
 
 def _job_closed(view: ChainView, data: dict[str, Any], tx: SignedTx | None, me: bytes) -> Note | None:
     view.jobs.pop(data["job"], None)
+    view.inputs.drop(data["job"])
     return None
 
 
 # Events whose tx the core reads: a registration's endpoint, a handover's ciphertext, a deploy's
-# manifest (its http allowlist), a request's value.
+# manifest (its http allowlist), a request's value and sealed input, a settled state's ciphertext.
 _NEEDS_TX = frozenset(
     {
         ("registry", "WorkerRegistered"),
         ("registry", "WorkerReattested"),
         ("keys", "KeyHandedOver"),
         ("contracts", "ContractDeployed"),
+        ("contracts", "ContractStateUpdated"),
         ("compute", "JobRequested"),
     }
 )

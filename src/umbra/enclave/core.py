@@ -22,7 +22,9 @@ Ops (docs/protocol.md "Host and enclave core"):
   contract_key {contract, epoch}         keys.publish_contract_key args           (gatekeeper)
   contract_public {contract, epoch}      the derived public keys (proves holding the epoch key)
   contract {contract}, job {job}         verified public facts (state hash, secrets/blobs needed)
-  execute {job, code, sealed_input, state_blob, secrets?, blobs?}   compute.submit_result args
+  execute {job, code?, sealed_input?, state_blob?, secrets?, blobs?}   compute.submit_result args
+                                         and the job's replicas; error needs_input when the core
+                                         lacks what was left out (as for query)
   query {contract, query, state_blob?, code?, secrets?, blobs?}   signed reply, sealed to reply_pk;
                                          error needs_input when the core lacks what was left out
                                          (the code, the latest state, the owner's material)

@@ -201,11 +201,14 @@ class Executor:
         current = {n: plain for n, (h, plain) in secrets.items() if contract["secrets"].get(n) == h}
         return current, {h: plain for h, plain in blobs.items() if h in contract["blobs"]}
 
-    def _host(self, contract: bytes, code: bytes, code_hash: bytes) -> ContractHost:
+    def _host(self, contract: bytes, code: bytes | None, code_hash: bytes) -> ContractHost:
+        """The warm sandbox of `contract` at `code_hash`, started from `code` if there is none yet
+        (the callers ask the host for the code when there is neither)."""
         host = self._hosts.get(contract)
         if host is None or host.code_hash != code_hash:
             if host is not None:
                 host.close()
+            assert code is not None
             host = self._hosts[contract] = ContractHost(contract, code, code_hash)
         return host
 
@@ -224,24 +227,11 @@ class Executor:
         contract = view.contracts.get(contract_id)
         if contract is None:
             raise ExecutionFault("unknown_contract", "no verified deployment of the job's contract")
-        code, sealed_input, state_blob = (
-            request.get("code"),
-            request.get("sealed_input"),
-            request.get("state_blob"),
+        code, sealed_input, prev_state, state_blob = self._job_inputs(
+            view, masters, job_id, job, contract, request
         )
-        if not isinstance(code, bytes) or codec.sha256(code) != contract["code_hash"]:
-            raise ExecutionFault("bad_code", "the code given does not hash to the deployed code_hash")
-        if not isinstance(sealed_input, bytes) or codec.sha256(sealed_input) != job["input_hash"]:
-            raise ExecutionFault("bad_input", "the sealed input does not hash to the requested input_hash")
         prev_hash: bytes | None = job["state_hash"]
         prev_version = int(job["state_version"] or 0)
-        if prev_hash is None:
-            if state_blob is not None:
-                raise ExecutionFault("bad_state", "the job runs on no state yet, but a state blob was given")
-        elif not isinstance(state_blob, bytes) or codec.sha256(state_blob) != prev_hash:
-            raise ExecutionFault(
-                "bad_state", "the state blob does not hash to the state the job was assigned"
-            )
         if not masters:
             raise ExecutionFault("no_key", "this core holds no master key yet")
 
@@ -262,7 +252,6 @@ class Executor:
         secrets, blobs = self._material(view, masters, contract_id, request)
         try:
             result = self._run_job(
-                view,
                 masters,
                 job_id,
                 job,
@@ -271,6 +260,7 @@ class Executor:
                 opened,
                 prev_hash,
                 prev_version,
+                prev_state,
                 state_blob,
                 secrets,
                 blobs,
@@ -319,19 +309,81 @@ class Executor:
             "signature": self._identity.sign("umbra/result/v1", body),
             "sealed_output": sealed_output,
             "state_blob": new_blob,
+            "replicas": int(job["replicas"]),  # the host publishes the state for late replicas
         }
 
-    def _run_job(
+    def _held_state(
+        self, view: ChainView, masters: dict[int, MasterKey], contract: bytes, state_hash: bytes, version: int
+    ) -> Any:
+        """The opened state `state_hash` (at `version`) if the core holds it: opened already, or
+        sealed in the verified tx that settled it. None if the host must send it."""
+        state = self._opened.get(state_hash, version)
+        if state is None:
+            blob = view.states.get(state_hash)
+            if blob is not None:
+                state = open_state(masters, contract, version, blob)
+                self._opened.put(state_hash, version, state, len(blob))
+        return state
+
+    def _job_inputs(
         self,
         view: ChainView,
         masters: dict[int, MasterKey],
         job_id: bytes,
         job: dict[str, Any],
         contract: dict[str, Any],
-        code: bytes,
+        request: dict[str, Any],
+    ) -> tuple[bytes | None, bytes, Any, bytes | None]:
+        """(code, sealed input, opened previous state, state blob) for a job, each from the request
+        if the host sent it (checked against the chain) or else from what the core already holds:
+        the warm sandbox of the deployed code, the input of the verified request tx, the state it
+        sealed or opened itself. `needs_input` when the host must send what the core lacks."""
+        code, sealed_input = request.get("code"), request.get("sealed_input")
+        if code is not None and (not isinstance(code, bytes) or codec.sha256(code) != contract["code_hash"]):
+            raise ExecutionFault("bad_code", "the code given does not hash to the deployed code_hash")
+        warm = self._hosts.get(job["contract"])
+        if code is None and (warm is None or warm.code_hash != contract["code_hash"]):
+            raise ExecutionFault("needs_input", "send the contract's code with the job")
+        if sealed_input is None:
+            sealed_input = view.inputs.get(job_id)
+            if sealed_input is None:
+                raise ExecutionFault("needs_input", "send the job's sealed input")
+        if not isinstance(sealed_input, bytes) or codec.sha256(sealed_input) != job["input_hash"]:
+            raise ExecutionFault("bad_input", "the sealed input does not hash to the requested input_hash")
+        prev_hash: bytes | None = job["state_hash"]
+        prev_state, state_blob = None, None
+        if "state_blob" in request:
+            state_blob = request["state_blob"]
+            if prev_hash is None:
+                if state_blob is not None:
+                    raise ExecutionFault(
+                        "bad_state", "the job runs on no state yet, but a state blob was given"
+                    )
+            elif not isinstance(state_blob, bytes) or codec.sha256(state_blob) != prev_hash:
+                raise ExecutionFault(
+                    "bad_state", "the state blob does not hash to the state the job was assigned"
+                )
+        elif prev_hash is not None:
+            prev_state = self._held_state(
+                view, masters, job["contract"], prev_hash, int(job["state_version"])
+            )
+            if prev_state is None:
+                raise ExecutionFault("needs_input", "send the state the job was assigned")
+        if "secrets" not in request and any(self.missing(view, job["contract"]).values()):
+            raise ExecutionFault("needs_input", "send the contract's owner secrets and blobs with the job")
+        return code, sealed_input, prev_state, state_blob
+
+    def _run_job(
+        self,
+        masters: dict[int, MasterKey],
+        job_id: bytes,
+        job: dict[str, Any],
+        contract: dict[str, Any],
+        code: bytes | None,
         opened: tuple[int, ContractKeys, bytes] | None,
         prev_hash: bytes | None,
         prev_version: int,
+        prev_state: Any,
         state_blob: bytes | None,
         secrets: dict[str, bytes],
         blobs: dict[bytes, bytes],
@@ -360,7 +412,10 @@ class Executor:
             return RunResult.failure("the contract is already initialized")
         if is_init and job["requester"] != contract["owner"]:
             return RunResult.failure("only the contract's owner may run __init__")
-        state = None if state_blob is None else open_state(masters, job["contract"], prev_version, state_blob)
+        state = prev_state
+        if state_blob is not None:
+            state = open_state(masters, job["contract"], prev_version, state_blob)
+            self._opened.put(codec.sha256(state_blob), prev_version, state, len(state_blob))
         host = self._host(job["contract"], code, contract["code_hash"])
         return host.run(
             kind="init" if is_init else "command",
@@ -405,7 +460,7 @@ class Executor:
                 "not_initialized", "the contract has no state yet (its init job has not settled)"
             )
         version = int(contract["version"])
-        state = self._opened.get(state_hash, version)
+        state = self._held_state(view, masters, contract_id, state_hash, version)
         if state is None:
             state_blob = request.get("state_blob")
             if state_blob is None:

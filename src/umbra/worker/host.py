@@ -10,24 +10,29 @@ the host) and carries them out with operator-signed txs: register or re-attest, 
 execute assigned jobs and submit their results, and, in the gatekeeper role, the key duties of
 `umbra.gatekeeper`. Everything the host handles is public or ciphertext: it never holds a key,
 an input or an output in the clear, which is why the core runs in another process.
+
+A new block wakes the loop through the node's /events stream. Job results go to a poster thread,
+which sends all that are waiting in one POST /txs while the loop goes on with the next job.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from umbra import codec, crypto
-from umbra.chain.types import GenesisConfig
+from umbra.chain.modules.contracts import MAX_INLINE_STATE
+from umbra.chain.types import Call, GenesisConfig
 from umbra.client._node import NodeClient, UmbraError
 from umbra.enclave.transport import CoreError, CoreTransport
 from umbra.worker._faults import HOST_FAULTS, Malice
@@ -42,6 +47,7 @@ _SYNC_BYTES = 8 * 1024 * 1024
 _IN_FLIGHT_S = 12.0  # a posted duty is not repeated for this long (its tx is on its way)
 _STATE_CACHE_BYTES = 64 * 1024 * 1024  # sealed contract states kept by hash (queries, next jobs)
 _IDLE_POLL_S = 1.0  # with the node's event stream waking the loop, the poll is only a fallback
+_RESULTS_PER_POST = 200  # results posted in one POST /txs
 
 
 class HostError(UmbraError):
@@ -91,27 +97,63 @@ class HostConfig:
     query_wait_s: float = 10.0
 
 
-@dataclass
-class _InFlight:
-    """Duties already posted, so the next step does not post them again while their tx travels."""
+@dataclass(frozen=True)
+class _Posted:
+    """A duty's tx awaiting its receipt check."""
 
-    posted: dict[Any, tuple[float, bytes | None]] = field(default_factory=dict)
-    unchecked: dict[bytes, tuple[float, str]] = field(default_factory=dict)  # tx hash -> (posted, what)
+    at: float
+    what: str
+    key: Any
+
+
+class _InFlight:
+    """Duties already posted, so the next step does not post them again while their tx travels.
+    Shared by the chain loop and the result poster (hence the lock)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._posted: dict[Any, tuple[float, bytes | None]] = {}
+        self._unchecked: dict[bytes, _Posted] = {}  # tx hash -> what to check
 
     def busy(self, key: Any) -> bool:
-        entry = self.posted.get(key)
+        with self._lock:
+            entry = self._posted.get(key)
         return entry is not None and time.monotonic() - entry[0] < _IN_FLIGHT_S
 
-    def mark(self, key: Any, tx_hash: bytes | None) -> None:
-        self.posted[key] = (time.monotonic(), tx_hash)
+    def mark(self, key: Any, tx_hash: bytes | None, what: str = "") -> None:
+        """`key` was posted (its tx is `tx_hash`, None if not admitted); with `what`, its receipt is
+        checked later (see Host._check_receipts)."""
+        now = time.monotonic()
+        with self._lock:
+            self._posted[key] = (now, tx_hash)
+            if tx_hash is not None and what:
+                self._unchecked[tx_hash] = _Posted(now, what, key)
 
     def prune(self) -> None:
         now = time.monotonic()
-        self.posted = {k: v for k, v in self.posted.items() if now - v[0] < _IN_FLIGHT_S}
+        with self._lock:
+            self._posted = {k: v for k, v in self._posted.items() if now - v[0] < _IN_FLIGHT_S}
 
-    def release(self, tx_hash: bytes) -> None:
-        """The duty whose tx this is is done: it may come due again (a heartbeat) at once."""
-        self.posted = {k: v for k, v in self.posted.items() if v[1] != tx_hash}
+    def unchecked(self) -> list[tuple[bytes, _Posted]]:
+        with self._lock:
+            return list(self._unchecked.items())
+
+    def checked(self, tx_hash: bytes, *, release: bool) -> None:
+        """The receipt of `tx_hash` is settled; with `release`, its duty may come due again at once
+        (a heartbeat)."""
+        with self._lock:
+            self._unchecked.pop(tx_hash, None)
+            if release:
+                self._posted = {k: v for k, v in self._posted.items() if v[1] != tx_hash}
+
+
+@dataclass(frozen=True)
+class _Result:
+    """A job result the core signed, on its way to the node."""
+
+    key: Any
+    submit: dict[str, Any]  # compute.submit_result args
+    publish_state: bool  # the new state must be in the node's blob store before the result lands
 
 
 class Host:
@@ -147,6 +189,7 @@ class Host:
         self.chain_id = ""
         self.submitter: Submitter | None = None
         self.fatal: HostError | None = None
+        self._results: queue.Queue[_Result] = queue.Queue()  # run_job -> _post_results
         self._results_posted = 0
         self._crash_after = _crash_after(config.fault)
         self._malice = Malice(config.fault) if config.fault in HOST_FAULTS else None  # tests only
@@ -221,6 +264,7 @@ class Host:
     def run(self, stop: threading.Event) -> None:
         """Step until `stop` is set or a fatal refusal (kept in `self.fatal`)."""
         threading.Thread(target=self._follow_events, args=(stop,), name="node-events", daemon=True).start()
+        threading.Thread(target=self._post_results, args=(stop,), name="results", daemon=True).start()
         while not stop.is_set():
             try:
                 fed = self.step()
@@ -262,11 +306,12 @@ class Host:
                         raise httpx.HTTPError(f"GET /events answered {reply.status_code}")
                     self._events_live = True
                     self._wake.set()  # blocks may have come while the stream was down
-                    for line in reply.iter_lines():
+                    # The stream carries only `block` events and keep-alive comments: any bytes are
+                    # a reason to sync (a keep-alive's sync finds nothing), so none are parsed.
+                    for _ in reply.iter_raw():
                         if stop.is_set():
                             return
-                        if line.startswith("event: block"):
-                            self._wake.set()
+                        self._wake.set()
             except httpx.HTTPError as exc:
                 log.debug("node event stream: %s", exc)
             finally:
@@ -367,37 +412,42 @@ class Host:
             return self._height_changed.wait_for(lambda: self._height >= height, timeout)
 
     # ---- duties --------------------------------------------------------------------------------
-    def _check_receipts(self) -> None:
+    def _check_receipts(self, duties: dict[str, Any]) -> None:
         """Release a duty once its tx is included and the core has seen that block (under load
         blocks come every block_ms, so a heartbeat must not wait out _IN_FLIGHT_S); say in the
-        log when a posted tx failed in its block (the duty is retried later)."""
+        log when a posted tx failed in its block (the duty is retried later). A result whose job
+        the core no longer lists as due was accepted (or the job closed): no receipt to fetch."""
         now = time.monotonic()
-        for tx_hash, (posted, what) in list(self._in_flight.unchecked.items()):
-            if now - posted < 1.0:
+        due_jobs = {("job", job["job"]) for job in duties["jobs"]}
+        for tx_hash, posted in self._in_flight.unchecked():
+            if isinstance(posted.key, tuple) and posted.key[:1] == ("job",) and posted.key not in due_jobs:
+                self._in_flight.checked(tx_hash, release=True)
+                continue
+            if now - posted.at < 1.0:
                 continue
             record = self.client.tx(tx_hash)
             if record.get("status") == "included":
                 if record.get("ok") and int(record.get("block") or 0) > self._height:
                     continue  # the core has not applied that block yet: the duty still shows as due
-                del self._in_flight.unchecked[tx_hash]
-                if record.get("ok"):
-                    self._in_flight.release(tx_hash)
-                else:
+                self._in_flight.checked(tx_hash, release=bool(record.get("ok")))
+                if not record.get("ok"):
                     log.warning(
                         "%s failed in block %s: %s (%s)",
-                        what,
+                        posted.what,
                         record.get("block"),
                         record.get("message"),
                         record.get("error"),
                     )
-            elif now - posted > _IN_FLIGHT_S:
-                del self._in_flight.unchecked[tx_hash]
-                log.warning("%s was not included within %.0f s; it will be posted again", what, _IN_FLIGHT_S)
+            elif now - posted.at > _IN_FLIGHT_S:
+                self._in_flight.checked(tx_hash, release=False)
+                log.warning(
+                    "%s was not included within %.0f s; it will be posted again", posted.what, _IN_FLIGHT_S
+                )
                 assert self.submitter is not None
                 self.submitter.resync()
 
     def _act(self, duties: dict[str, Any]) -> None:
-        self._check_receipts()
+        self._check_receipts(duties)
         self._in_flight.prune()
         if self._needs_registration(duties):
             self.register()
@@ -517,8 +567,7 @@ class Host:
             log.warning("%s.%s not admitted: %s (%s)", module, method, exc.message, exc.code)
             self._in_flight.mark(key, None)
             return None
-        self._in_flight.mark(key, tx_hash)
-        self._in_flight.unchecked[tx_hash] = (time.monotonic(), f"{module}.{method}")
+        self._in_flight.mark(key, tx_hash, f"{module}.{method}")
         return tx_hash
 
     def busy(self, key: Any) -> bool:
@@ -606,13 +655,56 @@ class Host:
         return {"secrets": secrets, "blobs": blobs}
 
     def run_job(self, job: bytes, contract: bytes) -> None:
+        """Have the core execute an assigned job and queue its result for the poster. The core
+        usually holds all a job needs (the warm sandbox of the code, the sealed input from the
+        verified request tx, the state it sealed itself): then the job id alone is one round trip."""
         key = ("job", job)
         if self._in_flight.busy(key):
             return
         self._in_flight.mark(key, None)
+        started = time.monotonic()
+        result: dict[str, Any] | None
+        if self._malice is None:
+            try:
+                result = self.core.call({"op": "execute", "job": job})
+            except CoreError as exc:
+                if exc.code != "needs_input":
+                    raise
+                result = self._execute_with_inputs(job, contract)
+        else:  # a malicious host hands the core what it chooses (tests)
+            result = self._execute_with_inputs(job, contract)
+        if result is None:
+            return
+        new_blob = result["state_blob"]
+        if new_blob is not None:  # the next job or query of this contract here may need it
+            self._keep_state(codec.sha256(new_blob), new_blob)
+        submit = {
+            "body": result["body"],
+            "signature": result["signature"],
+            "sealed_output": result["sealed_output"],
+            "state_blob": new_blob,
+        }
+        if self._malice is not None:
+            submit = self._malice.result_to_post(job, submit)
+        # The chain keeps a state inline up to MAX_INLINE_STATE; a larger one lives only in the
+        # node's blob store, and so does the previous state that a replica running after the
+        # majority settled needs: for those the blob goes to the store before the result.
+        publish = new_blob is not None and (len(new_blob) > MAX_INLINE_STATE or int(result["replicas"]) > 1)
+        self._results.put(_Result(key, submit, publish))
+        log.info(
+            "job %s executed in %.0f ms (failed=%s)",
+            codec.to_hex(job)[:18],
+            1000 * (time.monotonic() - started),
+            result["body"]["failed"],
+        )
+
+    def _execute_with_inputs(self, job: bytes, contract: bytes) -> dict[str, Any] | None:
+        """Execute with everything the core may lack fetched from the node (after a restart, the
+        first job of a contract here, a state sealed elsewhere); None if the node says the job is
+        not assigned any more."""
         record = self._state_value("compute", "job", job)
         if record is None or record.get("status") != "assigned":
-            return
+            return None
         sealed_input = codec.from_hex(record["sealed_input"], what="sealed input")
         code = self.contract_code(contract)
         # The state the job runs on is the one the core verified in JobAssigned, not the node's say.
@@ -621,8 +713,7 @@ class Host:
             state_blob = self.state_blob(contract, prev_state)
         else:
             state_blob = self._malice.state_for_core(self, contract, prev_state)
-        started = time.monotonic()
-        result = self.core.call(
+        return self.core.call(
             {
                 "op": "execute",
                 "job": job,
@@ -633,38 +724,49 @@ class Host:
                 **self._material(contract),
             }
         )
-        new_blob = result["state_blob"]
-        if new_blob is not None:  # the next job of this contract here most likely runs on it
-            self._keep_state(codec.sha256(new_blob), new_blob)
-        # Every new state also goes to the node's blob store: the chain keeps only the current
-        # state inline, and a replica that runs after the majority settled needs the old one.
-        if new_blob is not None:
-            response = self.client._http.put(
-                f"/blobs/{codec.to_hex(codec.sha256(new_blob))}", content=new_blob
-            )
-            if response.status_code != 200:
-                raise UmbraError(
-                    "blob_store", f"the node did not store the state blob: {response.text[:200]}"
-                )
-        submit = {
-            "body": result["body"],
-            "signature": result["signature"],
-            "sealed_output": result["sealed_output"],
-            "state_blob": new_blob,
-        }
-        if self._malice is not None:
-            submit = self._malice.result_to_post(job, submit)
-        self._post(key, "compute", "submit_result", **submit)
-        self._results_posted += 1
-        if self._crash_after is not None and self._results_posted >= self._crash_after:
-            log.error("fault injection: crashing after %d results", self._results_posted)
-            os._exit(70)
-        log.info(
-            "job %s executed in %.0f ms (failed=%s)",
-            codec.to_hex(job)[:18],
-            1000 * (time.monotonic() - started),
-            result["body"]["failed"],
-        )
+
+    def _post_results(self, stop: threading.Event) -> None:
+        """Post the results the chain loop queues, all that are waiting in one POST /txs: the loop
+        goes on to the next job meanwhile, and a busy node gets one request, not one per result."""
+        assert self.submitter is not None
+        while not stop.is_set():
+            try:
+                batch = [self._results.get(timeout=0.5)]
+            except queue.Empty:
+                continue
+            while len(batch) < _RESULTS_PER_POST:
+                try:
+                    batch.append(self._results.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._post_batch(batch)
+            except UmbraError as exc:  # the node refused or is unreachable: the jobs come due again
+                log.warning("results not posted: %s (%s)", exc.message, exc.code)
+            except httpx.HTTPError as exc:
+                log.warning("results not posted: %s", exc)
+
+    def _post_batch(self, batch: list[_Result]) -> None:
+        assert self.submitter is not None
+        for item in batch:
+            if item.publish_state:
+                self._publish_state(item.submit["state_blob"])
+        calls = [Call("compute", "submit_result", item.submit) for item in batch]
+        for item, posted in zip(batch, self.submitter.post_many(calls), strict=True):
+            if isinstance(posted, UmbraError):
+                log.warning("compute.submit_result not admitted: %s (%s)", posted.message, posted.code)
+                self._in_flight.mark(item.key, None)
+                continue
+            self._in_flight.mark(item.key, posted, "compute.submit_result")
+            self._results_posted += 1
+            if self._crash_after is not None and self._results_posted >= self._crash_after:
+                log.error("fault injection: crashing after %d results", self._results_posted)
+                os._exit(70)
+
+    def _publish_state(self, blob: bytes) -> None:
+        response = self.client._http.put(f"/blobs/{codec.to_hex(codec.sha256(blob))}", content=blob)
+        if response.status_code != 200:
+            raise UmbraError("blob_store", f"the node did not store the state blob: {response.text[:200]}")
 
     # ---- queries -------------------------------------------------------------------------------
     def query(self, contract: bytes, sealed_query: bytes, min_height: int | None) -> dict[str, Any]:

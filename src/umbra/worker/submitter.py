@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from umbra import codec, crypto
-from umbra.chain.types import Call, SignedTx, Tx
+from umbra.chain.types import Call, Tx
 from umbra.client._node import NodeClient, UmbraError
 
 __all__ = ["Submitter", "TxFailed"]
+
+# Refusals that mean the local nonce or fee went wrong: resync both and try once more.
+_RESYNC = ("bad_nonce", "duplicate", "fee_too_low")
 
 
 class TxFailed(UmbraError):
@@ -45,24 +49,74 @@ class Submitter:
         """Admit the call to the node's mempool; return its tx hash (not waiting for a block)."""
         with self._lock:
             for attempt in range(2):
-                if self._nonce is None:
-                    self._nonce = int(self._client.account(self._key.public_key)["nonce"])
-                if self._fee is None:
-                    self._fee = self._client.min_fee()
-                tx = Tx(
+                self._sync()
+                assert self._nonce is not None and self._fee is not None
+                stx = Tx(
                     self._chain_id, self._key.public_key, self._nonce, Call(module, method, args), self._fee
-                )
-                stx: SignedTx = tx.sign(self._key)
+                ).sign(self._key)
                 try:
                     self._client.submit(stx, wait=False)
                 except UmbraError as exc:
-                    if exc.code in ("bad_nonce", "duplicate", "fee_too_low") and attempt == 0:
+                    if exc.code in _RESYNC and attempt == 0:
                         self._nonce, self._fee = None, None
                         continue
                     raise
                 self._nonce += 1
                 return stx.hash
         raise AssertionError("unreachable")
+
+    def post_many(self, calls: Sequence[Call]) -> list[bytes | UmbraError]:
+        """Admit several calls in one POST /txs, with consecutive nonces; for each its tx hash or
+        the node's refusal. Calls refused for a nonce or fee the node did not expect are signed
+        again after a resync, once."""
+        results: list[bytes | UmbraError] = [UmbraError("not_posted", "not posted")] * len(calls)
+        with self._lock:
+            todo = list(range(len(calls)))
+            for attempt in range(2):
+                self._sync()
+                assert self._nonce is not None and self._fee is not None
+                base = self._nonce
+                signed = [
+                    Tx(self._chain_id, self._key.public_key, base + k, calls[i], self._fee).sign(self._key)
+                    for k, i in enumerate(todo)
+                ]
+                reply = self._client.request(
+                    "POST", "/txs", json={"txs": [codec.to_hex(stx.encode()) for stx in signed]}
+                )
+                entries = reply.get("results") if isinstance(reply, dict) else None
+                if not isinstance(entries, list) or len(entries) != len(signed):
+                    self._nonce = None  # which were admitted is unknown: ask the chain next time
+                    raise UmbraError("bad_reply", "the node's answer to POST /txs has no result per tx")
+                refused: list[int] = []  # positions in `todo`
+                retry: list[int] = []
+                for k, (i, stx, entry) in enumerate(zip(todo, signed, entries, strict=True)):
+                    error = entry.get("error") if isinstance(entry, dict) else {"code": "bad_reply"}
+                    if error is None:
+                        results[i] = stx.hash
+                        continue
+                    code = str(error.get("code"))
+                    results[i] = UmbraError(code, str(error.get("message")))
+                    refused.append(k)
+                    if code in _RESYNC:
+                        retry.append(i)
+                if not refused:
+                    self._nonce = base + len(todo)
+                    return results
+                # Refusals that end the batch leave no gap: the next nonce is the first refused one's.
+                tail = refused == list(range(refused[0], len(todo)))
+                self._nonce = base + refused[0] if tail else None
+                if not retry or attempt == 1:
+                    return results
+                self._nonce, self._fee = None, None
+                todo = retry
+        return results
+
+    def _sync(self) -> None:
+        """The next nonce and the fee from the chain, unless counted locally already (lock held)."""
+        if self._nonce is None:
+            self._nonce = int(self._client.account(self._key.public_key)["nonce"])
+        if self._fee is None:
+            self._fee = self._client.min_fee()
 
     def wait(self, tx_hash: bytes, timeout: float = 30.0) -> dict[str, Any]:
         """The receipt once the tx is in a block; TxFailed if it failed there."""
