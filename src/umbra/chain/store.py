@@ -52,6 +52,10 @@ class StoreFull(RuntimeError):
     """The disk (or the configured quota) is full: the block was not committed."""
 
 
+class BlobQuotaFull(StoreFull):
+    """The blob store holds its quota: a new blob is refused, and blocks keep committing."""
+
+
 @dataclass(frozen=True)
 class TxRecord:
     tx_hash: bytes
@@ -71,10 +75,15 @@ class Store:
     only caches what it fetched from SQLite if no commit happened meanwhile (else the value may
     predate that commit)."""
 
-    def __init__(self, path: str | Path, *, max_pages: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path, *, max_pages: int | None = None, blob_quota_bytes: int | None = None
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._max_pages = max_pages
+        # Blobs arrive from anyone (`PUT /blobs`) and share the chain's file: without a quota,
+        # uploads could fill the disk until blocks stop committing.
+        self._blob_quota = blob_quota_bytes
         self._local = threading.local()
         self._write_lock = threading.Lock()
         self._cache: dict[bytes, bytes | None] = {}
@@ -91,6 +100,9 @@ class Store:
         self._head: Header | None = None
         self._root: StateRoot | None = None
         self._genesis: GenesisConfig | None = None
+        self._blob_bytes = int(
+            self._db.execute("SELECT COALESCE(SUM(length(data)), 0) FROM blobs").fetchone()[0]
+        )
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -357,12 +369,20 @@ class Store:
         """Store `data` under its SHA-256 (idempotent). Blobs are ciphertext; the chain holds hashes."""
         digest = codec.sha256(data)
         with self._write_lock:
+            if self._db.execute("SELECT 1 FROM blobs WHERE hash = ?", (digest,)).fetchone() is not None:
+                return digest
+            if self._blob_quota is not None and self._blob_bytes + len(data) > self._blob_quota:
+                raise BlobQuotaFull(
+                    f"the node's blob store holds {self._blob_bytes:,} of its {self._blob_quota:,} bytes: "
+                    f"a {len(data):,}-byte blob does not fit"
+                )
             try:
-                self._db.execute("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?)", (digest, data, now_ms))
+                self._db.execute("INSERT INTO blobs VALUES (?, ?, ?)", (digest, data, now_ms))
             except sqlite3.OperationalError as exc:
                 if "full" in str(exc).lower():
                     raise StoreFull(f"disk full: blob not stored ({exc})") from None
                 raise
+            self._blob_bytes += len(data)
         return digest
 
     def blob(self, digest: bytes) -> bytes | None:

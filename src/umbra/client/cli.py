@@ -433,6 +433,9 @@ def node_cmd(
         ),
     ] = None,
     check: Annotated[bool, typer.Option("--check", help="run a full integrity check and exit")] = False,
+    blob_quota_mb: Annotated[
+        int, typer.Option("--blob-quota-mb", min=0, help="what PUT /blobs may store in all, MiB")
+    ] = 1024,
     as_json: JsonOpt = False,
     node: NodeOpt = None,
     key: KeyOpt = None,
@@ -468,6 +471,7 @@ def node_cmd(
             sequencer_key_path=sequencer_key,
             follow_url=follow,
             evm=evm_settings,
+            blob_quota_bytes=blob_quota_mb << 20,
         )
     except UmbraError as exc:
         _fail(as_json, exc.code, exc.message)

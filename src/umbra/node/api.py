@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException
 from umbra import codec
 from umbra.chain.runtime import AdmissionError
 from umbra.chain.state import State
-from umbra.chain.store import StoreFull
+from umbra.chain.store import BlobQuotaFull, StoreFull
 from umbra.node._limits import BodyLimit, RateLimit
 from umbra.node.explorer import mount_explorer
 from umbra.node.service import BlockNotice, Node
@@ -389,6 +389,8 @@ def create_app(node: Node, *, rate: float = 5000.0, burst: float = 10000.0) -> A
             return _error(400, "hash_mismatch", "the body's SHA-256 is not the hash in the path")
         try:
             await run_in_threadpool(node.store.put_blob, data, int(time.time() * 1000))
+        except BlobQuotaFull as exc:
+            return _error(507, "blob_quota", str(exc))
         except StoreFull as exc:
             return _error(507, "disk_full", str(exc))
         return {"hash": digest, "size": len(data)}

@@ -97,6 +97,7 @@ def run_node(
     sequencer_key_path: Path | None,
     follow_url: str | None,
     evm: EvmSettings | None = None,
+    blob_quota_bytes: int | None = 1 << 30,
 ) -> None:
     genesis: GenesisConfig | None = None
     if genesis_path is not None:
@@ -122,7 +123,14 @@ def run_node(
         except crypto.KeyFileError as exc:
             raise UmbraError("bad_key", str(exc)) from None
     try:
-        node = Node(NodeConfig(data_dir=data_dir, sequencer_key=key, follow_url=follow_url, evm=evm), genesis)
+        config = NodeConfig(
+            data_dir=data_dir,
+            sequencer_key=key,
+            follow_url=follow_url,
+            evm=evm,
+            blob_quota_bytes=blob_quota_bytes,
+        )
+        node = Node(config, genesis)
     except StoreCorrupt as exc:
         raise UmbraError("store_corrupt", f"refusing to start: {exc}") from None
     except InboxError as exc:

@@ -50,6 +50,7 @@ class NodeConfig:
     admission_backlog: int = 500
     admission_wait_s: float = 5.0
     max_pages: int | None = None  # SQLite quota (tests of disk-full behaviour)
+    blob_quota_bytes: int | None = 1 << 30  # what `PUT /blobs` may store in all
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,11 @@ class BlockNotice:
 class Node:
     def __init__(self, config: NodeConfig, genesis: GenesisConfig | None = None) -> None:
         self.config = config
-        self.store = Store(config.data_dir / "chain.sqlite", max_pages=config.max_pages)
+        self.store = Store(
+            config.data_dir / "chain.sqlite",
+            max_pages=config.max_pages,
+            blob_quota_bytes=config.blob_quota_bytes,
+        )
         if self.store.is_empty:
             if genesis is None:
                 raise StoreCorrupt(f"{config.data_dir} holds no chain and no genesis was given")
