@@ -450,8 +450,8 @@ def queries(
             bound_by="query crypto ceiling (1 core)",
             note=(
                 "A worker answers through one enclave core process, one request at a time (the pipe "
-                "protocol), each in a freshly forked sandbox child; the load generator, the node and "
-                f"the worker share this machine's {os.cpu_count()} CPUs. " + split + "."
+                "protocol), about 0.8 ms of core CPU each; the load generator, the node and the worker "
+                f"share this machine's {os.cpu_count()} CPUs."
             ),
         ),
     ]
@@ -648,7 +648,9 @@ def run(work: Path, *, quick: bool, curves: Curves) -> list[Metric]:
                                 "commands/s",
                                 COMMANDS_TARGET[count],
                                 "higher",
-                                note=f"Measured: {cpu}.",
+                                note=f"Measured: {cpu}. A contract runs one command per block, so "
+                                f"{len(contracts)} contracts at {BLOCK_MS} ms blocks allow at most "
+                                f"{len(contracts) * 1000 // BLOCK_MS} commands/s whatever the workers.",
                             )
                         )
                     for inflight in sizes.sweep:
