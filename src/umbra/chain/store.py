@@ -93,6 +93,9 @@ class Store:
             self._db = self._connect()
             self._db.executescript(_SCHEMA)
             self._db.commit()
+            self._blob_bytes = int(
+                self._db.execute("SELECT COALESCE(SUM(length(data)), 0) FROM blobs").fetchone()[0]
+            )
         except sqlite3.DatabaseError as exc:
             raise StoreCorrupt(
                 f"{self.path} is not a usable Umbra database ({exc}); run `umbra node --check`"
@@ -100,9 +103,6 @@ class Store:
         self._head: Header | None = None
         self._root: StateRoot | None = None
         self._genesis: GenesisConfig | None = None
-        self._blob_bytes = int(
-            self._db.execute("SELECT COALESCE(SUM(length(data)), 0) FROM blobs").fetchone()[0]
-        )
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
