@@ -469,3 +469,17 @@ def test_concurrent_waiting_submissions_all_learn_of_their_inclusion(tmp_path: P
     assert all(code == 200 and status == "included" for _, code, status in results), results
     slowest = max(elapsed for elapsed, _, _ in results)
     assert slowest < wait_timeout / 2, f"a waiter missed its block and sat out the timeout ({slowest:.1f} s)"
+
+
+def test_the_pending_nonce_counts_the_senders_waiting_txs(tmp_path: Path) -> None:
+    """Two senders of one account (an operator beside its worker host) pick the next free nonce."""
+    files = write_chain_files(tmp_path / "files")
+    with serve_node(files, tmp_path / "node", produce=False) as live:
+        alice, bob = files.keys["alice"].public_key, files.keys["bob"].public_key
+        for nonce in (0, 1, 3):  # 3 waits behind a gap: the next free nonce is 2
+            assert (
+                post_tx(live.url, signed_transfer(files, "alice", bob, 1, nonce).encode()).status_code == 200
+            )
+        account = live.account(alice)
+        assert (account["nonce"], account["pending_nonce"]) == (0, 2)
+        assert live.account(bob)["pending_nonce"] == live.account(bob)["nonce"] == 0

@@ -75,8 +75,9 @@ def account(address: bytes) -> Flow[dict[str, Any]]:
 
 
 def nonce_of(address: bytes) -> Flow[int]:
+    """The next free nonce: after the account's txs already waiting in the node's mempool."""
     doc = yield from account(address)
-    return int(doc["nonce"])
+    return int(doc.get("pending_nonce", doc["nonce"]))
 
 
 def param(name: str, default: int) -> Flow[int]:

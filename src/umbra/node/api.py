@@ -422,7 +422,11 @@ def create_app(node: Node, *, rate: float = 5000.0, burst: float = 10000.0) -> A
             state = State(node.view)
             acct = node.runtime.balances.account(state, who)
             acct["staked"] = node.runtime.staking.staked_value(state, who)  # delegations, at today's price
-            return {"address": codec.to_hex(who), **acct, "nonce": node.runtime.system.nonce(state, who)}
+            nonce = node.runtime.system.nonce(state, who)
+            # pending_nonce also counts this node's mempool: concurrent senders of one account
+            # (an operator beside its worker host) then do not pick a nonce that is already taken.
+            pending = node.mempool.next_nonce(who, nonce)
+            return {"address": codec.to_hex(who), **acct, "nonce": nonce, "pending_nonce": pending}
 
         return await run_in_threadpool(read)
 

@@ -263,7 +263,7 @@ class DevNetwork:
             self._fund_operators(node_url)
             self._start_tee_hosts([node_url, *(p.info["url"] for p in nodes if p.info["url"] != node_url)])
             self._wait_ready()
-            self._stake_workers(node_url)
+            self._stake_workers()
             self._write_dev_json()
             print(f"umbra dev: network ready at {node_url}; dev.json at {self.dir / 'dev.json'}", flush=True)
             return self._supervise()
@@ -332,7 +332,7 @@ class DevNetwork:
                 except UmbraError as exc:
                     raise RuntimeError(f"cannot fund the operator of {name}: {exc.message}") from None
 
-    def _stake_workers(self, node_url: str) -> None:
+    def _stake_workers(self) -> None:
         """Each worker's operator opens its pool and bonds DEV_STAKE once, as a production operator
         would: slashes then cost something on a dev network too."""
         from concurrent.futures import ThreadPoolExecutor
@@ -342,7 +342,8 @@ class DevNetwork:
         def stake(proc: _Proc) -> None:
             operator = self._key(f"{proc.name}-operator")
             worker = codec.from_hex(proc.info["id"])
-            with NodeClient(node_url) as client:
+            # Through the node the worker's host sends its own txs to: its mempool sees both.
+            with NodeClient(proc.info["node"]) as client:
                 try:
                     try:
                         client.get("/state/staking/pool", key=proc.info["id"])

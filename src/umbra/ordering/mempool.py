@@ -88,6 +88,16 @@ class Mempool:
             self._by_hash[tx_hash] = stx
             self.ready.set()
 
+    def next_nonce(self, sender: bytes, base: int) -> int:
+        """The nonce after `sender`'s contiguous pending run from `base` (its committed nonce): what
+        a new tx should carry so it neither collides with nor waits behind a gap."""
+        with self._lock:
+            queue = self._senders.get(sender)
+            nonce = base
+            while queue is not None and nonce in queue.txs:
+                nonce += 1
+            return nonce
+
     def take(self, limit: int) -> list[SignedTx]:
         """Up to `limit` ready txs: each sender's contiguous run from its next nonce, senders FIFO."""
         out: list[SignedTx] = []

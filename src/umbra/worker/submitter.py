@@ -114,7 +114,8 @@ class Submitter:
     def _sync(self) -> None:
         """The next nonce and the fee from the chain, unless counted locally already (lock held)."""
         if self._nonce is None:
-            self._nonce = int(self._client.account(self._key.public_key)["nonce"])
+            account = self._client.account(self._key.public_key)
+            self._nonce = int(account.get("pending_nonce", account["nonce"]))  # after what waits
         if self._fee is None:
             self._fee = self._client.min_fee()
 
