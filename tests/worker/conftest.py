@@ -210,7 +210,6 @@ class Dev:
         self.popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Dev:
-        log = open(self.dir.parent / f"dev-{self.dir.name}.log", "ab")  # noqa: SIM115 - the child keeps it
         argv = [
             UMBRA,
             "dev",
@@ -222,10 +221,11 @@ class Dev:
             str(self.workers),
             *self.extra,
         ]
-        self.popen = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=child_env()
-        )
-        log.close()
+        # The child holds its own copy of the log's descriptor: ours closes with the block.
+        with open(self.dir.parent / f"dev-{self.dir.name}.log", "ab") as log:
+            self.popen = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=child_env()
+            )
         return self
 
     def ready(self, timeout: float) -> dict[str, Any]:
